@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Install everything pyinfra-backup and its tests need, on Debian 12, as root. Idempotent:
+# a second run installs nothing and takes well under a second.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+    borgbackup openssh-server openssh-client   # the backup tool and the transport
+    age rclone nix-bin                         # secrets, offsite copies, secrets.nix evaluation
+    postgresql podman                          # stateful data in the fleet tests
+    prometheus-node-exporter                   # metrics scraping in the fleet tests
+    git iproute2 util-linux procps psmisc      # the namespace test fleet
+    python3 python3-venv
+)
+UV_VERSION=0.13.9
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    echo "install: apt packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The virtual environment lives at .venv (uv's default), built from Debian's Python and uv.lock.
+if [ ! -x .venv/bin/python ]; then
+    /usr/bin/python3 -m venv .venv
+fi
+if ! .venv/bin/uv --version 2>/dev/null | grep -q "$UV_VERSION"; then
+    .venv/bin/python -m pip install -q --disable-pip-version-check "uv==$UV_VERSION"
+fi
+export UV_PYTHON_DOWNLOADS=never
+.venv/bin/uv sync -q --frozen --inexact --python .venv/bin/python
