@@ -1,0 +1,254 @@
+"""Facts about borg clients and repo servers, each read in ONE remote command.
+
+    pyinfra INVENTORY fact facts.borg.BackupFreshness
+
+pyinfra 3 does not cache facts, and a deploy's operations each need the same
+view of a host, so `client_state(host)` / `server_state(host)` read a host once
+per run and keep it until an operation of ours changes that host (`forget`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from collections.abc import Mapping
+
+from pyinfra import context
+from pyinfra.api import FactBase
+
+from pyinfra_backup.borg import (
+    BACKUP_KEY, CHECKS_DIR, KNOWN_HOSTS, STATE_DIR, RepoListing, borg_env, list_argv, parse_list,
+)
+from pyinfra_backup.enrollment import PlannedJob, Server, plan_jobs
+from pyinfra_backup.schedule import Schedule
+from pyinfra_backup.shell import parse_sections, sectioned_script, sh_join, with_env
+
+NO_KEY = 3  # exit status of a listing skipped because the host has no backup key yet
+
+
+def fleet_servers(inventory) -> dict[str, Server]:
+    """Every host of the inventory with `borgbackup.repos`, by inventory name."""
+    servers = {}
+    for host in inventory:
+        data = host.data.dict()
+        if (data.get("borgbackup") or {}).get("repos") is not None:
+            servers[host.name] = Server.from_data(host.name, data)
+    return servers
+
+
+def host_plan(host, inventory) -> list[PlannedJob]:
+    return plan_jobs(host.name, host.data.dict(), fleet_servers(inventory))
+
+
+@dataclass
+class ClientState:
+    hostname: str
+    key: str | None
+    known_hosts: str
+    listings: dict[str, RepoListing] = field(default_factory=dict)
+    last_checks: dict[str, datetime] = field(default_factory=dict)
+
+
+def _listing_command(planned: PlannedJob) -> str:
+    listing = with_env(borg_env(planned.job, planned.location), list_argv(planned.location))
+    if planned.server is None:
+        return listing
+    return f"test -f {BACKUP_KEY} || exit {NO_KEY}; {listing}"
+
+
+class BorgClient(FactBase):
+    """A backup client: hostname, backup key, pinned server keys, each job's repo listing and
+    last check. Example: `host.get_fact(BorgClient, plan=host_plan(host, inventory))`."""
+
+    def command(self, plan: list[PlannedJob]) -> str:
+        self.plan = plan
+        sections = {
+            "hostname": "uname -n",
+            "key": f"test -f {BACKUP_KEY} && cat {BACKUP_KEY}.pub",
+            "known_hosts": f"cat {KNOWN_HOSTS}",
+        }
+        for planned in plan:
+            name = planned.job.name
+            sections[f"list.{name}"] = _listing_command(planned)
+            sections[f"check.{name}"] = f"cat {CHECKS_DIR}/{name}"
+        return sectioned_script(sections)
+
+    def process(self, output) -> ClientState:
+        sections = parse_sections(output)
+        key = sections["key"]
+        state = ClientState(
+            hostname=sections["hostname"].text.strip(),
+            key=key.text.strip() if key.ok and key.text.strip() else None,
+            known_hosts=sections["known_hosts"].text if sections["known_hosts"].ok else "",
+        )
+        for planned in self.plan:
+            name = planned.job.name
+            listing = sections[f"list.{name}"]
+            if listing.rc == NO_KEY:
+                state.listings[name] = RepoListing(exists=False)  # not enrolled yet
+            else:
+                state.listings[name] = parse_list(listing.text, listing.rc, listing.error)
+            check = sections[f"check.{name}"]
+            if check.ok and check.text.strip().isdigit():
+                state.last_checks[name] = datetime.fromtimestamp(int(check.text.strip()), timezone.utc)
+        return state
+
+
+def freshness(planned: PlannedJob, state: ClientState, now: datetime) -> dict:
+    """One job's freshness in the contract's shape."""
+    job, listing = planned.job, state.listings[planned.job.name]
+    archives = listing.job_archives(job.base_name(state.hostname)) if listing.exists else []
+    last = archives[-1] if archives else None
+    if listing.error:
+        status = "error"
+    else:
+        status = Schedule.parse(list(job.start_at)).due_state(last.time if last else None, now)
+    return {
+        "repo": job.repo,
+        "last_archive": last.name if last else None,
+        "last_time": last.time.isoformat() if last else None,
+        "age_seconds": int((now - last.time).total_seconds()) if last else None,
+        "due": status in ("due", "stale", "missing"),
+        "status": status,
+        "error": listing.error,
+    }
+
+
+class BackupFreshness(BorgClient):
+    """Freshness of every job of the host, from one remote command:
+    `{job: {repo, last_archive, last_time, age_seconds, due, status, error}}`."""
+
+    def command(self) -> str:  # type: ignore[override]
+        return super().command(host_plan(context.host, context.state.inventory))
+
+    def process(self, output) -> dict[str, dict]:  # type: ignore[override]
+        state = super().process(output)
+        now = datetime.now(timezone.utc)
+        return {planned.job.name: freshness(planned, state, now) for planned in self.plan}
+
+
+@dataclass
+class ServerState:
+    host_keys: list[str]
+    users: dict[str, str]  # user -> home
+    groups: set[str]
+    dirs: dict[str, str]  # path -> "user:group:mode"
+    authorized_keys: dict[str, str]  # user -> file content
+
+
+class BorgServer(FactBase):
+    """A repo server: SSH host keys, the repo users and groups, repo directories and each
+    user's authorized_keys. Example: `host.get_fact(BorgServer, users=["borg"], paths=[...])`."""
+
+    def command(self, users: list[str], groups: list[str], paths: list[str]) -> str:
+        sections = {"hostkeys": "cat /etc/ssh/ssh_host_*_key.pub", "groups": sh_join(["getent", "group", *groups])}
+        for user in users:
+            sections[f"user.{user}"] = sh_join(["getent", "passwd", user])
+            sections[f"keys.{user}"] = f'cat "$(getent passwd {sh_join([user])} | cut -d: -f6)/.ssh/authorized_keys"'
+        if paths:
+            sections["dirs"] = sh_join(["stat", "-c", "%U:%G:%a:%n", *paths])
+        return sectioned_script(sections)
+
+    def process(self, output) -> ServerState:
+        sections = parse_sections(output)
+        users = {
+            name.split(".", 1)[1]: section.text.split(":")[5]
+            for name, section in sections.items()
+            if name.startswith("user.") and section.ok
+        }
+        dirs = {}
+        for line in sections["dirs"].stdout if "dirs" in sections else ():
+            owner, group, mode, path = line.split(":", 3)
+            dirs[path] = f"{owner}:{group}:{mode}"
+        return ServerState(
+            host_keys=[" ".join(line.split()[:2]) for line in sections["hostkeys"].stdout if line.strip()],
+            users=users,
+            groups={line.split(":")[0] for line in sections["groups"].stdout if line},
+            dirs=dirs,
+            authorized_keys={
+                name.split(".", 1)[1]: "\n".join(section.stdout) + "\n"
+                for name, section in sections.items()
+                if name.startswith("keys.") and section.ok
+            },
+        )
+
+
+def _cache(host) -> dict:
+    if not hasattr(host, "_pyinfra_backup_cache"):
+        host._pyinfra_backup_cache = {}
+    return host._pyinfra_backup_cache
+
+
+def client_state(host) -> ClientState:
+    """This run's view of a backup client, read once until `forget(host)`."""
+    cache = _cache(host)
+    if "client" not in cache:
+        cache["client"] = host.get_fact(BorgClient, plan=host_plan(host, context.state.inventory))
+    return cache["client"]
+
+
+def server_state(host, users: list[str], groups: list[str], paths: list[str]) -> ServerState:
+    """This run's view of a repo server, read once until `forget(host)`."""
+    cache = _cache(host)
+    if "server" not in cache:
+        cache["server"] = host.get_fact(BorgServer, users=users, groups=groups, paths=paths)
+    return cache["server"]
+
+
+def forget(host) -> None:
+    """Drop what we know of a host: an operation of ours is about to change it."""
+    _cache(host).clear()
+
+
+def backup_key(host) -> str | None:
+    """A client's backup public key, from this run's view when we have one."""
+    cache = _cache(host)
+    if "client" in cache:
+        return cache["client"].key
+    return host.get_fact(BackupKey)
+
+
+class BackupKey(FactBase):
+    """The host's dedicated backup public key, or None. Example: `host.get_fact(BackupKey)`."""
+
+    def command(self) -> str:
+        return f"test -f {BACKUP_KEY} && cat {BACKUP_KEY}.pub || true"
+
+    def process(self, output) -> str | None:
+        return "\n".join(output).strip() or None
+
+
+class RestoreTarget(FactBase):
+    """A restore target: how many entries it holds and which archive we last restored into it.
+    Example: `host.get_fact(RestoreTarget, path="/srv/restore")` -> RestoreTargetState(entries=0, ...)."""
+
+    @staticmethod
+    def marker(path: str) -> str:
+        return f"{STATE_DIR}/restores/{hashlib.sha256(path.encode()).hexdigest()[:16]}"
+
+    def command(self, path: str) -> str:
+        return sectioned_script({
+            "entries": f"ls -A {sh_join([path])} | wc -l",
+            "restored": f"cat {self.marker(path)}",
+        })
+
+    def process(self, output) -> RestoreTargetState:
+        sections = parse_sections(output)
+        entries = sections["entries"]
+        restored = sections["restored"]
+        return RestoreTargetState(
+            entries=int(entries.text.strip() or 0) if entries.ok else 0,
+            restored=restored.text.strip() if restored.ok else None,
+        )
+
+
+@dataclass
+class RestoreTargetState:
+    entries: int
+    restored: str | None
+
+
+def servers_of(plan: list[PlannedJob]) -> Mapping[str, Server]:
+    return {p.server.name: p.server for p in plan if p.server is not None}

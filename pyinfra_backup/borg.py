@@ -1,0 +1,282 @@
+"""borg argv, environment and output parsing, shared by facts/borg.py and tasks/borg.py.
+
+A `Job` is one `borgbackup.jobs.<name>` entry with the NixOS defaults applied.
+Every builder returns an argv list (one tuple per borg command, as borgmatic
+does); callers quote it with `pyinfra_backup.shell`.
+
+>>> job = Job.from_data("system", {"paths": ["/etc"], "repo": "/srv/repo",
+...                                "encryption": {"mode": "none"}, "startAt": "daily"})
+>>> create_argv(job, "host01-system")[:4]
+['borg', 'create', '--compression', 'auto,zstd']
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from collections.abc import Mapping
+
+STATE_DIR = "/var/lib/pyinfra-backup"
+BACKUP_KEY = f"{STATE_DIR}/ssh/id_ed25519"
+KNOWN_HOSTS = f"{STATE_DIR}/ssh/known_hosts"
+CHECKS_DIR = f"{STATE_DIR}/checks"
+TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S"
+STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d"
+CHECKPOINT = re.compile(r"\.checkpoint(\.\d+)?$")
+KEEP_RULES = ("within", "secondly", "minutely", "hourly", "daily", "weekly", "monthly", "yearly")
+
+
+FREQUENCY_UNITS = {"s": 1, "h": 3600, "H": 3600, "d": 86400, "w": 7 * 86400, "m": 31 * 86400, "y": 365 * 86400}
+
+
+def frequency_seconds(spec: str) -> int:
+    """`checks.frequency` in seconds: `30d` -> 2592000 (m = 31 days, as borg's intervals)."""
+    return int(spec[:-1]) * FREQUENCY_UNITS[spec[-1]]
+
+
+def _list(value) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One backup job, NixOS option names mapped to Python names with defaults applied."""
+
+    name: str
+    repo: str
+    paths: tuple[str, ...] = ()
+    mode: str = "repokey-blake2"
+    pass_command: str | None = None
+    compression: str = "auto,zstd"
+    start_at: tuple[str, ...] = ("daily",)
+    archive_base_name: str | None = None
+    do_init: bool = True
+    keep: Mapping[str, int | str] = field(default_factory=dict)
+    environment: Mapping[str, str] = field(default_factory=dict)
+    fail_on_warnings: bool = True
+    exclude: tuple[str, ...] = ()
+    patterns: tuple[str, ...] = ()
+    extra_create_args: tuple[str, ...] = ()
+    extra_prune_args: tuple[str, ...] = ()
+    extra_init_args: tuple[str, ...] = ()
+    extra_compact_args: tuple[str, ...] = ()
+    check_frequency: str | None = None
+    verify_data: bool = False
+
+    @classmethod
+    def from_data(cls, name: str, data: Mapping) -> "Job":
+        encryption = data.get("encryption") or {}
+        checks = data.get("checks") or {}
+        prune = data.get("prune") or {}
+        return cls(
+            name=name,
+            repo=data["repo"],
+            paths=_list(data.get("paths")),
+            mode=encryption.get("mode") or "repokey-blake2",
+            pass_command=encryption.get("passCommand"),
+            compression=data.get("compression") or "auto,zstd",
+            start_at=_list(data.get("startAt")) or ("daily",),
+            archive_base_name=data.get("archiveBaseName"),
+            do_init=data.get("doInit", True) is not False,
+            keep={k: v for k, v in (prune.get("keep") or {}).items() if v is not None},
+            environment=dict(data.get("environment") or {}),
+            fail_on_warnings=data.get("failOnWarnings", True) is not False,
+            exclude=_list(data.get("exclude")),
+            patterns=_list(data.get("patterns")),
+            extra_create_args=_list(data.get("extraCreateArgs")),
+            extra_prune_args=_list(data.get("extraPruneArgs")),
+            extra_init_args=_list(data.get("extraInitArgs")),
+            extra_compact_args=_list(data.get("extraCompactArgs")),
+            check_frequency=checks.get("frequency"),
+            verify_data=bool(checks.get("verifyData")),
+        )
+
+    def base_name(self, hostname: str) -> str:
+        """`archiveBaseName`, by default `<hostname>-<job>` as in NixOS."""
+        return self.archive_base_name or f"{hostname}-{self.name}"
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where and how borg reaches a job's repo from the machine that runs borg."""
+
+    url: str
+    rsh: str | None = None
+
+
+def ssh_rsh(identity: str, known_hosts: str, port: int | None = None) -> str:
+    """BORG_RSH for a dedicated key with a pinned host key: no agent, no prompt, no TOFU."""
+    words = [
+        "ssh", "-i", identity, "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
+        "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+        "-o", f"UserKnownHostsFile={known_hosts}", "-o", "ConnectTimeout=10",
+    ]
+    if port:
+        words += ["-p", str(port)]
+    return " ".join(words)
+
+
+def borg_env(job: Job, location: Location, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for every borg command of a job. The passphrase travels only via
+    BORG_PASSCOMMAND (run on the host) or BORG_PASSPHRASE_FD (given by the caller in `extra`)."""
+    env = {"TZ": "UTC"}
+    if job.mode == "none":
+        env["BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK"] = "yes"
+    elif job.pass_command and not (extra and "BORG_PASSPHRASE_FD" in extra):
+        env["BORG_PASSCOMMAND"] = job.pass_command
+    if location.rsh:
+        env["BORG_RSH"] = location.rsh
+    env.update(job.environment)
+    env.update(extra or {})
+    return env
+
+
+def _common(lock_wait: int | None) -> list[str]:
+    return ["--lock-wait", str(lock_wait)] if lock_wait is not None else []
+
+
+def init_argv(job: Job, location: Location) -> list[str]:
+    return ["borg", "init", "--encryption", job.mode, *job.extra_init_args, location.url]
+
+
+def list_argv(location: Location) -> list[str]:
+    """Every archive of the repo, checkpoints too (prune must see them), as JSON."""
+    return ["borg", "list", "--json", "--consider-checkpoints", location.url]
+
+
+def create_argv(job: Job, base_name: str, url: str = "REPO", lock_wait: int | None = None) -> list[str]:
+    """`borg create` for the job; the archive is `<base>-<UTC timestamp>` (borg's {utcnow})."""
+    argv = ["borg", "create", "--compression", job.compression, *_common(lock_wait)]
+    for pattern in job.exclude:
+        argv += ["--exclude", pattern]
+    for pattern in job.patterns:
+        argv += ["--pattern", pattern]
+    argv += [*job.extra_create_args, "--json"]
+    argv.append(f"{url}::{base_name}-{{utcnow:{TIMESTAMP_FORMAT}}}")
+    return [*argv, *job.paths]
+
+
+def keep_argv(keep: Mapping[str, int | str]) -> list[str]:
+    return [f"--keep-{rule}={keep[rule]}" for rule in KEEP_RULES if rule in keep]
+
+
+def archive_glob(base_name: str) -> str:
+    """Matches this job's archives and checkpoints, not `<base>-state-*` nor another job's."""
+    return f"{base_name}-[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T*"
+
+
+def prune_argv(job: Job, base_name: str, url: str, lock_wait: int | None = None) -> list[str]:
+    return [
+        "borg", "prune", *_common(lock_wait), "--glob-archives", archive_glob(base_name),
+        *keep_argv(job.keep), *job.extra_prune_args, url,
+    ]
+
+
+def compact_argv(job: Job, url: str, lock_wait: int | None = None) -> list[str]:
+    return ["borg", "compact", *_common(lock_wait), *job.extra_compact_args, url]
+
+
+def check_argv(job: Job, url: str, lock_wait: int | None = None) -> list[str]:
+    return ["borg", "check", *_common(lock_wait), *(["--verify-data"] if job.verify_data else []), url]
+
+
+def extract_argv(url: str, archive: str, paths: tuple[str, ...] = ()) -> list[str]:
+    """Run inside the target directory: borg extracts relative to the working directory."""
+    return ["borg", "extract", "--numeric-ids", f"{url}::{archive}", *paths]
+
+
+@dataclass(frozen=True)
+class Archive:
+    name: str
+    time: datetime
+    id: str = ""
+
+    @property
+    def is_checkpoint(self) -> bool:
+        return bool(CHECKPOINT.search(self.name))
+
+
+@dataclass(frozen=True)
+class RepoListing:
+    """What `borg list --json` says of a repo, or why it could not be read."""
+
+    exists: bool
+    archives: tuple[Archive, ...] = ()
+    repo_id: str | None = None
+    encryption: str | None = None
+    error: str | None = None
+
+    def job_archives(self, base_name: str, checkpoints: bool = False) -> list[Archive]:
+        """This job's archives (`<base>-<timestamp>`), oldest first."""
+        own = re.compile(re.escape(base_name) + "-" + STAMP + r"(\.checkpoint(\.\d+)?)?$")
+        found = [a for a in self.archives if own.match(a.name) and (checkpoints or not a.is_checkpoint)]
+        return sorted(found, key=lambda a: a.time)
+
+
+def _utc(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
+
+
+MISSING_REPO = re.compile(r"Repository .* does not exist|is not a valid repository", re.I)
+
+
+def parse_list(stdout: str, rc: int, error: str) -> RepoListing:
+    """Parse `borg list --json` run with TZ=UTC; a missing repo is not an error."""
+    if rc == 0:
+        data = json.loads(stdout)
+        archives = tuple(
+            Archive(a["name"], _utc(a.get("start") or a["time"]), a.get("id", ""))
+            for a in data.get("archives", [])
+        )
+        return RepoListing(
+            exists=True,
+            archives=archives,
+            repo_id=data.get("repository", {}).get("id"),
+            encryption=data.get("encryption", {}).get("mode"),
+        )
+    if MISSING_REPO.search(error):
+        return RepoListing(exists=False)
+    return RepoListing(exists=False, error=explain_error(error))
+
+
+_EXPLANATIONS = (
+    (re.compile(r"passphrase supplied in .* is incorrect|passphrase .*incorrect", re.I),
+     "wrong passphrase (the passCommand's output does not unlock the repo key)"),
+    (re.compile(r"Failed to create/acquire the lock .*\(timeout\)", re.I),
+     "the repo is locked by a live borg process; waited --lock-wait seconds and left the lock alone"),
+    (re.compile(r"Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED", re.I),
+     "the server's SSH host key does not match the pinned one: refusing to connect"),
+    (re.compile(r"Connection closed by remote host|Connection refused|timed out|No route to host"
+                r"|Could not resolve|Network is unreachable", re.I),
+     "the repo server is unreachable"),
+    (re.compile(r"Permission denied \(publickey", re.I),
+     "the server refused this host's backup key"),
+    (re.compile(r"BORG_PASSCOMMAND|passcommand", re.I), "the passCommand failed"),
+)
+
+
+def explain_error(stderr_line: str) -> str:
+    """A clear reason for a borg failure, keeping borg's own words after it."""
+    for pattern, reason in _EXPLANATIONS:
+        if pattern.search(stderr_line):
+            return f"{reason} ({stderr_line})"
+    return stderr_line
+
+
+def parse_create(stdout: str) -> dict:
+    """The archive name and sizes from `borg create --json`."""
+    data = json.loads(stdout)
+    archive = data["archive"]
+    stats = archive.get("stats", {})
+    return {
+        "name": archive["name"],
+        "duration": archive.get("duration"),
+        "original_size": stats.get("original_size"),
+        "compressed_size": stats.get("compressed_size"),
+        "deduplicated_size": stats.get("deduplicated_size"),
+        "nfiles": stats.get("nfiles"),
+    }

@@ -1,0 +1,151 @@
+"""Who backs up where: the fleet's repo servers, each client's repos on them, and the keys.
+
+A job whose `repo` names a host of the inventory that has `borgbackup.repos`
+(by inventory name or `ssh_hostname`) is *enrolled*: its repo on that server is
+`borgbackup.repos.<client>`, reached with the client's dedicated append-only key.
+Everything here is pure: callers pass plain host data.
+
+>>> servers = {"backup": Server.from_data("backup", {"ssh_hostname": "10.0.0.2",
+...            "borgbackup": {"repos": {}}})}
+>>> find_server("borg@backup:.", servers).name
+'backup'
+>>> client_location(servers["backup"], "host01").url
+'borg@10.0.0.2:.'
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from collections.abc import Mapping
+
+from pyinfra_backup.borg import BACKUP_KEY, KNOWN_HOSTS, Job, Location, ssh_rsh
+
+REPO_BASE = "/var/lib/borgbackup"
+SSH_URL = re.compile(r"^ssh://(?:(?P<user>[^@/]+)@)?(?P<host>\[[^\]]+\]|[^:/]+)(?::(?P<port>\d+))?(?P<path>/.*)$")
+SCP_URL = re.compile(r"^(?:(?P<user>[^@/:]+)@)?(?P<host>\[[^\]]+\]|[^:/]+):(?P<path>.*)$")
+
+
+def repo_host(repo: str) -> str | None:
+    """The host part of an ssh or scp-style repo URL, None for a local path."""
+    match = SSH_URL.match(repo) or (None if repo.startswith("/") else SCP_URL.match(repo))
+    return match.group("host").strip("[]") if match else None
+
+
+@dataclass(frozen=True)
+class Server:
+    """A host of the inventory with `borgbackup.repos`."""
+
+    name: str
+    address: str
+    port: int
+    repos: Mapping[str, Mapping]
+    operator_keys: tuple[str, ...]
+
+    @classmethod
+    def from_data(cls, name: str, data: Mapping) -> "Server":
+        borg = data.get("borgbackup") or {}
+        return cls(
+            name=name,
+            address=data.get("ssh_hostname") or name,
+            port=int(data.get("ssh_port") or 22),
+            repos=borg.get("repos") or {},
+            operator_keys=tuple(borg.get("operatorKeys") or ()),
+        )
+
+    def repo_for(self, client: str) -> dict:
+        """The server's repo for an enrolled client: its own entry, or the default one."""
+        return {"path": f"{REPO_BASE}/{client}", "user": "borg", **self.repos.get(client, {})}
+
+
+def find_server(repo: str, servers: Mapping[str, Server]) -> Server | None:
+    host = repo_host(repo)
+    for server in servers.values():
+        if host in (server.name, server.address):
+            return server
+    return None
+
+
+def client_location(server: Server, client: str) -> Location:
+    """How the client reaches its repo: the forced `cd` on the server picks the directory."""
+    user = server.repo_for(client)["user"]
+    return Location(f"{user}@{server.address}:.", ssh_rsh(BACKUP_KEY, KNOWN_HOSTS, server.port))
+
+
+def operator_location(server: Server, client: str, identity: str, known_hosts: str) -> Location:
+    """How the operator reaches a client's repo with full access (prune, compact)."""
+    repo = server.repo_for(client)
+    url = f"ssh://{repo['user']}@{server.address}:{server.port}{repo['path']}"
+    return Location(url, ssh_rsh(os.path.expanduser(identity), os.path.expanduser(known_hosts)))
+
+
+@dataclass(frozen=True)
+class PlannedJob:
+    """A job with where it goes: `server` is set when the job is enrolled on a fleet server."""
+
+    job: Job
+    location: Location
+    server: Server | None = None
+
+
+def plan_jobs(client: str, data: Mapping, servers: Mapping[str, Server]) -> list[PlannedJob]:
+    planned = []
+    for name, job_data in sorted(((data.get("borgbackup") or {}).get("jobs") or {}).items()):
+        job = Job.from_data(name, job_data)
+        server = find_server(job.repo, servers)
+        if server is not None and server.name != client:
+            planned.append(PlannedJob(job, client_location(server, client), server))
+        else:
+            planned.append(PlannedJob(job, Location(job.repo)))
+    return planned
+
+
+def serve_line(command: str, key: str) -> str:
+    return f'command="{command}",restrict {key}'
+
+
+def repo_serve_command(path: str, repo: Mapping, append_only: bool) -> str:
+    """NixOS' repos module forced command for one repo."""
+    restrict = "--restrict-to-path ." if repo.get("allowSubRepos") else "--restrict-to-repository ."
+    words = [f"cd {path} && borg serve {restrict}"]
+    if append_only:
+        words.append("--append-only")
+    if repo.get("quota"):
+        words.append(f"--storage-quota {repo['quota']}")
+    return " ".join(words)
+
+
+def server_repos(server: Server, enrolled: Mapping[str, str | None]) -> dict[str, dict]:
+    """The server's repos: its own data plus one per enrolled client, with the client's key
+    appended to `authorizedKeysAppendOnly`. `enrolled` maps client name -> public key (None
+    while the client has no key yet)."""
+    repos = {name: {"user": "borg", **repo} for name, repo in server.repos.items()}
+    for client, key in enrolled.items():
+        repo = repos.setdefault(client, server.repo_for(client))
+        keys = list(repo.get("authorizedKeysAppendOnly") or [])
+        if key and key not in keys:
+            keys.append(key)
+        repo["authorizedKeysAppendOnly"] = keys
+    return repos
+
+
+def authorized_keys(repos: Mapping[str, Mapping], operator_keys: tuple[str, ...]) -> dict[str, list[str]]:
+    """authorized_keys lines per server user. Operator keys reach every repo of that user
+    (`--restrict-to-path` their common base directory), installed once each."""
+    lines: dict[str, list[str]] = {}
+    paths: dict[str, list[str]] = {}
+    for name in sorted(repos):
+        repo = repos[name]
+        user, path = repo.get("user", "borg"), repo["path"]
+        paths.setdefault(user, []).append(path)
+        out = lines.setdefault(user, [])
+        for key in repo.get("authorizedKeys") or ():
+            out.append(serve_line(repo_serve_command(path, repo, append_only=False), key))
+        for key in repo.get("authorizedKeysAppendOnly") or ():
+            out.append(serve_line(repo_serve_command(path, repo, append_only=True), key))
+    for user, user_paths in paths.items():
+        base = os.path.commonpath(user_paths) if len(user_paths) > 1 else os.path.dirname(user_paths[0])
+        for key in operator_keys:
+            lines[user].append(serve_line(f"borg serve --restrict-to-path {base}", key))
+    return lines

@@ -1,0 +1,109 @@
+"""Shell quoting and one-round-trip scripts made of named sections.
+
+A fact that must read several things from a host in ONE remote command runs a
+script of sections; each section prints a marker, its stdout, its stderr and
+its exit status, and the script as a whole always exits 0 (so an absent repo
+or a failing borg never fails the fact, it is reported in the section).
+
+>>> script = sectioned_script({"who": "id -un", "oops": "false"})
+>>> parsed = parse_sections(["::pbk:: who", "root", "::pbk:: who stderr", "::pbk:: who rc 0"])
+>>> parsed["who"].stdout, parsed["who"].rc
+(['root'], 0)
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+
+MARK = "::pbk::"
+
+
+def sh_join(argv: Iterable[str]) -> str:
+    """Quote every word: `sh_join(["borg", "list", "a b"])` -> `borg list 'a b'`."""
+    return " ".join(shlex.quote(str(word)) for word in argv)
+
+
+def with_env(env: Mapping[str, str], argv: Iterable[str]) -> str:
+    """A command line with environment assignments before it, every value quoted.
+
+    >>> with_env({"TZ": "UTC"}, ["borg", "list"])
+    'TZ=UTC borg list'
+    """
+    assignments = [f"{key}={shlex.quote(str(value))}" for key, value in env.items()]
+    return " ".join([*assignments, sh_join(argv)])
+
+
+def sectioned_script(sections: Mapping[str, str]) -> str:
+    """One POSIX sh script running each command and printing it as a named section."""
+    parts = ['_e=$(mktemp)']
+    for name, command in sections.items():
+        label = shlex.quote(f"{MARK} {name}")
+        parts.append(
+            f"echo {label}; ( {command} ) 2>\"$_e\"; _rc=$?; "
+            f"echo {shlex.quote(f'{MARK} {name} stderr')}; cat \"$_e\"; "
+            f"echo {shlex.quote(f'{MARK} {name} rc')} $_rc"
+        )
+    parts.append('rm -f "$_e"; exit 0')
+    return "; ".join(parts)
+
+
+@dataclass
+class Section:
+    stdout: list[str] = field(default_factory=list)
+    stderr: list[str] = field(default_factory=list)
+    rc: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.stdout)
+
+    @property
+    def error(self) -> str:
+        """The last meaningful stderr line (borg prints its reason last)."""
+        lines = [line.strip() for line in self.stderr if line.strip()]
+        return lines[-1] if lines else f"exit status {self.rc}"
+
+
+def parse_sections(lines: Iterable[str]) -> dict[str, Section]:
+    """Split the output of `sectioned_script` back into sections by name."""
+    sections: dict[str, Section] = {}
+    current: list[str] | None = None
+    for line in lines:
+        if line.startswith(MARK + " "):
+            words = line[len(MARK) + 1 :].split(" ")
+            section = sections.setdefault(words[0], Section())
+            if len(words) == 1:
+                current = section.stdout
+            elif words[1] == "stderr":
+                current = section.stderr
+            elif words[1] == "rc":
+                section.rc = int(words[2])
+                current = None
+            continue
+        if current is not None:
+            current.append(line)
+    return sections
+
+
+def atomic_write(path: str, content: str, mode: str = "0644", owner: str | None = None) -> str:
+    """A command that replaces `path` with `content` atomically (temp file in the same
+    directory, fsync by `sync`, rename). For public material only: the content is in argv.
+
+    >>> atomic_write("/etc/motd", "hi\\n").split(" && ")[0]
+    '_t=$(mktemp /etc/motd.XXXXXX)'
+    """
+    steps = [
+        f"_t=$(mktemp {shlex.quote(path)}.XXXXXX)",
+        f"printf '%s' {shlex.quote(content)} > \"$_t\"",
+        f"chmod {mode} \"$_t\"",
+    ]
+    if owner:
+        steps.append(f"chown {shlex.quote(owner)} \"$_t\"")
+    steps += [f"sync \"$_t\"", f"mv -f \"$_t\" {shlex.quote(path)}"]
+    return " && ".join(steps)

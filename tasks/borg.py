@@ -1,0 +1,339 @@
+"""Idempotent borg operations: repo servers, enrollment, create, prune + compact, check, restore.
+
+Each operation reads this run's view of the host (facts/borg.py), compares, and
+either says why nothing is needed (`host.noop`) or yields the commands. Use them
+from a deploy (see deploys/backup.py) or directly:
+
+    pyinfra INVENTORY tasks.borg.restore job=system target=/srv/restore
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from datetime import datetime, timezone
+
+from pyinfra import host, inventory, logger
+from pyinfra.api import FunctionCommand, OperationError, StringCommand, operation
+
+from facts.borg import (
+    RestoreTarget, backup_key as client_key, client_state, fleet_servers, forget, host_plan,
+    server_state, servers_of,
+)
+from pyinfra_backup.borg import (
+    BACKUP_KEY, CHECKS_DIR, KNOWN_HOSTS, STATE_DIR, check_argv, compact_argv, create_argv,
+    extract_argv, borg_env, frequency_seconds, init_argv, prune_argv,
+)
+from pyinfra_backup.enrollment import authorized_keys, operator_location, server_repos
+from pyinfra_backup.prune import to_prune
+from pyinfra_backup.schedule import Schedule
+from pyinfra_backup.shell import atomic_write, sh_join, with_env
+
+JOBS_DIR = f"{STATE_DIR}/jobs"
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _ago(then: datetime) -> str:
+    seconds = int((_now() - then).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def _planned(job: str):
+    for planned in host_plan(host, inventory):
+        if planned.job.name == job:
+            return planned
+    raise OperationError(f"{host.name}: borgbackup.jobs.{job}: no such job")
+
+
+def _lock_wait() -> int:
+    return int((host.data.get("borgbackup") or {}).get("lockWait", 60))
+
+
+def _forced(job: str) -> bool:
+    """`backup_force`: true, a job name, a list of job names, or "true"/"name1,name2" from --data."""
+    flag = host.data.get("backup_force")
+    if isinstance(flag, str):
+        flag = True if flag.lower() in ("true", "yes", "1") else [] if flag.lower() in ("false", "no", "0", "") else flag.split(",")
+    return flag is True or (isinstance(flag, list) and job in flag)
+
+
+def _readable_listing(job: str):
+    listing = client_state(host).listings[job]
+    if listing.error:
+        raise OperationError(f"{host.name}: job {job}: cannot read repo: {listing.error}")
+    return listing
+
+
+# --- repo server -----------------------------------------------------------------------------
+
+
+def _server_layout(server_host):
+    """The server's repos (data + enrolled clients) and what must be read to compare them."""
+    server = fleet_servers(inventory)[server_host.name]
+    enrolled = {
+        client.name: client_key(client)
+        for client in inventory
+        if server.name in servers_of(host_plan(client, inventory))
+    }
+    repos = server_repos(server, enrolled)
+    users = sorted({repo["user"] for repo in repos.values()} or {"borg"})
+    groups = sorted({repo.get("group") or repo["user"] for repo in repos.values()} or {"borg"})
+    paths = sorted(repo["path"] for repo in repos.values())
+    current = server_state(server_host, users=users, groups=groups, paths=paths)
+    return server, repos, users, groups, current
+
+
+@operation()
+def repo_server():
+    """Provision a repo server as NixOS' `services.borgbackup.repos` does: users, 0700 repo
+    directories, and authorized_keys with one forced `borg serve` per key. Enrolled clients'
+    append-only keys and `borgbackup.operatorKeys` are included; keys not in the data are removed.
+
+    Example: `repo_server()` on every host with `borgbackup.repos`.
+    """
+    server, repos, users, groups, current = _server_layout(host)
+    keys = authorized_keys(repos, server.operator_keys)
+    primary = {repo["user"]: repo.get("group") or repo["user"] for repo in repos.values()}
+    commands = [sh_join(["groupadd", "--system", group]) for group in groups if group not in current.groups]
+    for user in users:
+        group = primary.get(user, user)
+        home = current.users.get(user) or ("/var/lib/borgbackup" if user == "borg" else f"/var/lib/{user}")
+        if user not in current.users:
+            commands.append(sh_join(["useradd", "--system", "--gid", group, "--home-dir", home, "--shell", "/bin/sh", user]))
+        content = "".join(line + "\n" for line in keys.get(user, []))
+        if current.authorized_keys.get(user) != content:
+            commands.append(sh_join(["install", "-d", "-m", "0700", "-o", user, "-g", group, home, f"{home}/.ssh"]))
+            commands.append(atomic_write(f"{home}/.ssh/authorized_keys", content, "0600", owner=user))
+    for name, repo in sorted(repos.items()):
+        group = repo.get("group") or repo["user"]
+        if current.dirs.get(repo["path"]) != f"{repo['user']}:{group}:700":
+            commands.append(sh_join(["install", "-d", "-m", "0700", "-o", repo["user"], "-g", group, repo["path"]]))
+    if not commands:
+        host.noop(f"{len(repos)} repos and their keys are in place")
+        return
+    forget(host)
+    yield from commands
+
+
+# --- client enrollment ----------------------------------------------------------------------
+
+
+@operation()
+def backup_key():
+    """A dedicated ed25519 key for this host's backups, made once on the host (0600).
+
+    Example: `backup_key()` on every host with a job on a fleet server.
+    """
+    if client_state(host).key:
+        host.noop(f"backup key {BACKUP_KEY} exists")
+        return
+    forget(host)
+    yield f"install -d -m 0700 {os.path.dirname(BACKUP_KEY)} && ssh-keygen -q -t ed25519 -N '' " + sh_join(
+        ["-C", f"pyinfra-backup@{host.name}", "-f", BACKUP_KEY]
+    )
+
+
+def _known_hosts_lines(server, server_host) -> list[str]:
+    _, _, _, _, current = _server_layout(server_host)
+    pattern = server.address if server.port == 22 else f"[{server.address}]:{server.port}"
+    return [f"{pattern} {key}" for key in current.host_keys]
+
+
+@operation()
+def pin_server_keys():
+    """Pin the SSH host keys of this host's repo servers, read from the servers themselves over
+    the operator's own (pinned) connection: no trust on first use.
+
+    Example: `pin_server_keys()` after `repo_server()`.
+    """
+    lines = []
+    for server in servers_of(host_plan(host, inventory)).values():
+        lines += _known_hosts_lines(server, inventory.get_host(server.name))
+    content = "".join(line + "\n" for line in sorted(lines))
+    if client_state(host).known_hosts.strip() == content.strip():
+        host.noop(f"{len(lines)} server host keys pinned in {KNOWN_HOSTS}")
+        return
+    forget(host)
+    yield f"install -d -m 0700 {os.path.dirname(KNOWN_HOSTS)} && " + atomic_write(KNOWN_HOSTS, content)
+
+
+# --- repo lifecycle -------------------------------------------------------------------------
+
+
+@operation()
+def init(job: str):
+    """Initialise the job's repo with its encryption mode when it does not exist (`doInit`).
+
+    Example: `init(job="system")`.
+    """
+    planned = _planned(job)
+    listing = _readable_listing(job)
+    if listing.exists:
+        host.noop(f"{job}: repo exists ({listing.encryption}, id {listing.repo_id[:12]})")
+        return
+    if not planned.job.do_init:
+        raise OperationError(f"{host.name}: job {job}: repo {planned.job.repo} does not exist and doInit is false")
+    forget(host)
+    env = borg_env(planned.job, planned.location)
+    yield with_env(env, init_argv(planned.job, planned.location))
+
+
+def _job_file(job: str, name: str) -> str:
+    return f"{JOBS_DIR}/{job}/{name}"
+
+
+@operation()
+def create(job: str):
+    """`borg create` when the job is due by `startAt` (or forced with `backup_force`).
+
+    Example: `create(job="system")`; force with `pyinfra ... --data backup_force=system`.
+    """
+    planned = _planned(job)
+    hostname = client_state(host).hostname
+    listing = _readable_listing(job)
+    archives = listing.job_archives(planned.job.base_name(hostname)) if listing.exists else []
+    last = archives[-1] if archives else None
+    schedule = Schedule.parse(list(planned.job.start_at))
+    now = _now()
+    if last and schedule.due_state(last.time, now) == "fresh" and not _forced(job):
+        host.noop(f"{job}: not due: last archive {last.name} made {_ago(last.time)}; next after {schedule.next(now):%Y-%m-%d %H:%M} UTC")
+        return
+    forget(host)
+    argv = create_argv(planned.job, planned.job.base_name(hostname), planned.location.url, _lock_wait())
+    run = with_env(borg_env(planned.job, planned.location), argv)
+    stats = _job_file(job, "last-create.json")
+    accept = "" if planned.job.fail_on_warnings else "; _rc=$?; [ $_rc -le 1 ]"
+    yield f"mkdir -p {os.path.dirname(stats)} && cd / && {{ {run} > {stats}.tmp{accept}; }} && mv -f {stats}.tmp {stats}"
+
+
+def _run_operator_borg(state, op_host, planned, argvs: list[list[str]]) -> bool:
+    """Run borg on the operator's machine with the operator's key (full access). The
+    passphrase comes from the job's passCommand on the host, through an anonymous pipe."""
+    server_host = state.inventory.get_host(planned.server.name)
+    data = op_host.data.get("borgbackup") or {}
+    location = operator_location(
+        planned.server, op_host.name, data.get("operatorIdentity", "~/.ssh/id_ed25519"),
+        server_host.data.get("ssh_known_hosts_file") or "~/.ssh/known_hosts",
+    )
+    passphrase = b""
+    if planned.job.mode != "none":
+        ok, output = op_host.run_shell_command(StringCommand(planned.job.pass_command), print_output=False)
+        if not ok:
+            op_host.log_styled(f"job {planned.job.name}: the passCommand failed on the host", fg="red", log_func=logger.error)
+            return False
+        passphrase = "\n".join(output.stdout_lines).encode()
+    for argv in argvs:
+        argv = [location.url if word == "REPO" else word for word in argv]
+        read_end, write_end = os.pipe()
+        env = borg_env(planned.job, location, {"BORG_PASSPHRASE_FD": str(read_end)})
+        try:
+            proc = subprocess.Popen(argv, env={**os.environ, **env}, pass_fds=(read_end,),
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        finally:
+            os.close(read_end)
+        with os.fdopen(write_end, "wb") as pipe:
+            pipe.write(passphrase)
+        out, err = proc.communicate()
+        if proc.returncode != 0 and not (proc.returncode == 1 and not planned.job.fail_on_warnings):
+            reason = (err.decode(errors="replace").strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+            op_host.log_styled(f"job {planned.job.name}: {argv[1]} failed: {reason}", fg="red", log_func=logger.error)
+            return False
+    forget(op_host)
+    return True
+
+
+@operation()
+def prune(job: str):
+    """`borg prune` with `prune.keep` on this job's archives only, then `borg compact`; only
+    when borg would delete something. Repos on fleet servers are pruned with the operator's
+    key (`borgbackup.operatorIdentity`), never with the host's append-only key.
+
+    Example: `prune(job="system")`.
+    """
+    planned = _planned(job)
+    if not planned.job.keep:
+        host.noop(f"{job}: no prune.keep")
+        return
+    base = planned.job.base_name(client_state(host).hostname)
+    listing = _readable_listing(job)
+    archives = listing.job_archives(base, checkpoints=True)
+    doomed = to_prune(archives, planned.job.keep, _now())
+    if not doomed:
+        host.noop(f"{job}: nothing to prune ({len(archives)} archives within prune.keep)")
+        return
+    wait = _lock_wait()
+    argvs = [prune_argv(planned.job, base, "REPO", wait), compact_argv(planned.job, "REPO", wait)]
+    if planned.server is not None:
+        yield FunctionCommand(_run_operator_borg, (planned, argvs), {})
+        return
+    forget(host)
+    env = borg_env(planned.job, planned.location)
+    for argv in argvs:
+        yield with_env(env, [planned.location.url if word == "REPO" else word for word in argv])
+
+
+@operation()
+def check(job: str):
+    """`borg check` (with `--verify-data` when `checks.verifyData`) when the last successful
+    check is older than `checks.frequency`; remembers when it passed.
+
+    Example: `check(job="system")`; force with `--data backup_force_check=true`.
+    """
+    planned = _planned(job)
+    if not planned.job.check_frequency:
+        host.noop(f"{job}: no checks.frequency")
+        return
+    last = client_state(host).last_checks.get(job)
+    period = frequency_seconds(planned.job.check_frequency)
+    forced = str(host.data.get("backup_force_check", "")).lower() in ("true", "yes", "1")
+    if last and (_now() - last).total_seconds() < period and not forced:
+        host.noop(f"{job}: checked {_ago(last)}, every {planned.job.check_frequency}")
+        return
+    forget(host)
+    env = borg_env(planned.job, planned.location)
+    stamp = f"{CHECKS_DIR}/{job}"
+    run = with_env(env, check_argv(planned.job, planned.location.url, _lock_wait()))
+    yield f"{run} && mkdir -p {CHECKS_DIR} && date -u +%s > {stamp}.tmp && mv -f {stamp}.tmp {stamp}"
+
+
+@operation()
+def restore(job: str, target: str, archive: str = "latest", overwrite: bool = False, paths: list[str] | None = None):
+    """Extract an archive of the job (default: its latest) into `target`, with owners and modes.
+    Refuses a non-empty target unless `overwrite=True`. Restoring the same archive into the
+    same target again changes nothing.
+
+    Example: `pyinfra INVENTORY tasks.borg.restore job=system target=/srv/restore`.
+    """
+    planned = _planned(job)
+    if not target.startswith("/"):
+        raise OperationError(f"{host.name}: restore target must be an absolute path, got {target!r}")
+    listing = _readable_listing(job)
+    archives = listing.job_archives(planned.job.base_name(client_state(host).hostname))
+    if not archives:
+        raise OperationError(f"{host.name}: job {job}: no archive to restore from")
+    names = [a.name for a in archives]
+    name = names[-1] if archive == "latest" else archive
+    if name not in names:
+        raise OperationError(f"{host.name}: job {job}: no archive {archive!r} (latest: {names[-1]})")
+    current = host.get_fact(RestoreTarget, path=target)
+    if current.entries and current.restored == name:
+        host.noop(f"{job}: {name} already restored into {target}")
+        return
+    if current.entries and not overwrite:
+        raise OperationError(
+            f"{host.name}: restore target {target} is not empty ({current.entries} entries): "
+            "refusing to overwrite; pass overwrite=True to replace its files"
+        )
+    env = borg_env(planned.job, planned.location)
+    run = with_env(env, extract_argv(planned.location.url, name, tuple(paths or ())))
+    marker = RestoreTarget.marker(target)
+    yield (
+        f"mkdir -p {sh_join([target])} && cd {sh_join([target])} && {run} && "
+        f"mkdir -p {os.path.dirname(marker)} && echo {sh_join([name])} > {marker}"
+    )
