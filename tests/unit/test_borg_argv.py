@@ -1,0 +1,98 @@
+"""borg argv/env building and output parsing."""
+
+import json
+
+from pyinfra_backup.borg import (
+    Job, Location, borg_env, check_argv, create_argv, explain_error, frequency_seconds, parse_list, prune_argv,
+)
+from pyinfra_backup.shell import atomic_write, parse_sections, sectioned_script, with_env
+
+SEED = {
+    "paths": ["/home", "/var/lib", "/etc/nixos"],
+    "repo": "borg@backup-server:/backups/hostname",
+    "encryption": {"mode": "repokey-blake2", "passCommand": "cat /run/secrets/borg-passphrase"},
+    "compression": "auto,lzma",
+    "startAt": "daily",
+    "prune": {"keep": {"daily": 7, "weekly": 4, "monthly": 6}},
+    "exclude": ["*.pyc"],
+}
+
+
+def test_defaults_follow_nixos():
+    job = Job.from_data("system", {"repo": "/srv/r", "paths": "/etc"})
+    assert job.paths == ("/etc",) and job.compression == "auto,zstd" and job.start_at == ("daily",)
+    assert job.do_init and job.fail_on_warnings and job.mode == "repokey-blake2"
+    assert job.base_name("host01") == "host01-system"
+
+
+def test_create_argv():
+    job = Job.from_data("system", SEED)
+    argv = create_argv(job, "h-system", "borg@b:.", lock_wait=5)
+    assert argv == [
+        "borg", "create", "--compression", "auto,lzma", "--lock-wait", "5", "--exclude", "*.pyc", "--json",
+        "borg@b:.::h-system-{utcnow:%Y-%m-%dT%H:%M:%S}", "/home", "/var/lib", "/etc/nixos",
+    ]
+
+
+def test_prune_argv_matches_only_this_jobs_archives():
+    job = Job.from_data("system", SEED)
+    argv = prune_argv(job, "h-system", "REPO")
+    assert argv == ["borg", "prune", "--glob-archives", "h-system-[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T*",
+                    "--keep-daily=7", "--keep-weekly=4", "--keep-monthly=6", "REPO"]
+
+
+def test_check_argv_verify_data():
+    job = Job.from_data("system", {**SEED, "checks": {"frequency": "30d", "verifyData": True}})
+    assert check_argv(job, "R") == ["borg", "check", "--verify-data", "R"]
+    assert frequency_seconds("30d") == 30 * 86400 and frequency_seconds("12h") == 43200
+
+
+def test_passphrase_only_through_passcommand_or_fd():
+    job = Job.from_data("system", SEED)
+    env = borg_env(job, Location("borg@b:.", "ssh -i k"))
+    assert env["BORG_PASSCOMMAND"] == "cat /run/secrets/borg-passphrase" and env["BORG_RSH"] == "ssh -i k"
+    assert "BORG_PASSPHRASE" not in env
+    fd_env = borg_env(job, Location("x"), {"BORG_PASSPHRASE_FD": "5"})
+    assert "BORG_PASSCOMMAND" not in fd_env and fd_env["BORG_PASSPHRASE_FD"] == "5"
+
+
+def test_every_value_is_quoted():
+    line = with_env({"BORG_PASSCOMMAND": "cat '/run/my secret'"}, ["borg", "list", "repo; rm -rf /"])
+    assert line == "BORG_PASSCOMMAND='cat '\"'\"'/run/my secret'\"'\"'' borg list 'repo; rm -rf /'"
+
+
+def test_parse_list():
+    out = json.dumps({"archives": [{"name": "h-s-2026-11-27T10:00:00", "start": "2026-11-27T10:00:00.000000", "id": "ab"}],
+                      "encryption": {"mode": "repokey-blake2"}, "repository": {"id": "1234"}})
+    listing = parse_list(out, 0, "")
+    assert listing.exists and listing.encryption == "repokey-blake2" and listing.archives[0].time.tzinfo
+    assert parse_list("", 2, "Repository /x does not exist.").exists is False
+    wrong = parse_list("", 2, "passphrase supplied in BORG_PASSCOMMAND is incorrect.")
+    assert not wrong.exists and wrong.error.startswith("wrong passphrase")
+
+
+def test_explain_error():
+    assert explain_error("Failed to create/acquire the lock /r/lock.exclusive (timeout).").startswith("the repo is locked")
+    assert explain_error("Host key verification failed.").startswith("the server's SSH host key")
+    assert explain_error("Connection closed by remote host").startswith("the repo server is unreachable")
+    assert explain_error("something else") == "something else"
+
+
+def test_sections_round_trip(tmp_path):
+    import subprocess
+
+    script = sectioned_script({"a": "echo one; echo two", "b": "echo oops >&2; exit 4", "c": "true"})
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True).stdout.splitlines()
+    sections = parse_sections(out)
+    assert sections["a"].stdout == ["one", "two"] and sections["a"].rc == 0
+    assert sections["b"].rc == 4 and sections["b"].error == "oops" and not sections["b"].ok
+    assert sections["c"].ok and sections["c"].stdout == []
+
+
+def test_atomic_write(tmp_path):
+    import subprocess
+
+    target = tmp_path / "known hosts"
+    subprocess.run(["sh", "-c", atomic_write(str(target), "a 'b'\nc\n", "0600")], check=True)
+    assert target.read_text() == "a 'b'\nc\n" and oct(target.stat().st_mode)[-3:] == "600"
+    assert [p.name for p in tmp_path.iterdir()] == ["known hosts"]
