@@ -140,7 +140,7 @@ def _common(lock_wait: int | None) -> list[str]:
 
 
 def init_argv(job: Job, location: Location) -> list[str]:
-    return ["borg", "init", "--encryption", job.mode, *job.extra_init_args, location.url]
+    return ["borg", "init", "--encryption", job.mode, "--make-parent-dirs", *job.extra_init_args, location.url]
 
 
 def list_argv(location: Location) -> list[str]:
