@@ -252,3 +252,41 @@ class RestoreTargetState:
 
 def servers_of(plan: list[PlannedJob]) -> Mapping[str, Server]:
     return {p.server.name: p.server for p in plan if p.server is not None}
+
+
+@dataclass
+class RepoFiles:
+    """A repo directory as borg's append-only rollback needs it."""
+
+    repo_id: str | None
+    transactions: list[tuple[int, str]]  # (transaction id, UTC time) in the order written
+    segments: list[int]
+    index_files: list[str]  # index.N, hints.N, integrity.N
+
+
+class BorgRepoFiles(FactBase):
+    """A repo's id, transaction log, segment numbers and index files, read on the server.
+    Example: `host.get_fact(BorgRepoFiles, path="/var/lib/borgbackup/host01")`."""
+
+    def command(self, path: str) -> str:
+        repo = sh_join([path])
+        return sectioned_script({
+            "config": f"sed -n 's/^id = //p' {repo}/config",
+            "transactions": f"cat {repo}/transactions",
+            "segments": f"cd {repo}/data && find . -type f -name '[0-9]*' | sed 's|.*/||'",
+            "index": f"cd {repo} && ls -1 | grep -E '^(index|hints|integrity)[.][0-9]+$'",
+        })
+
+    def process(self, output) -> RepoFiles:
+        sections = parse_sections(output)
+        transactions = []
+        for line in sections["transactions"].stdout:
+            words = line.replace(",", "").split()  # transaction 9 UTC time 2026-11-27T12:10:37.643182
+            if len(words) == 5 and words[0] == "transaction":
+                transactions.append((int(words[1]), words[4]))
+        return RepoFiles(
+            repo_id=sections["config"].text.strip() or None,
+            transactions=transactions,
+            segments=sorted(int(s) for s in sections["segments"].stdout if s.isdigit()),
+            index_files=[line for line in sections["index"].stdout if line],
+        )

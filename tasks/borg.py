@@ -15,9 +15,11 @@ from datetime import datetime, timezone
 
 from pyinfra import host, inventory, logger
 from pyinfra.api import FunctionCommand, OperationError, StringCommand, operation
+from pyinfra.facts.files import Directory
+from pyinfra.facts.server import Home
 
 from facts.borg import (
-    RestoreTarget, backup_key as client_key, client_state, fleet_servers, forget, host_plan,
+    BorgRepoFiles, RestoreTarget, backup_key as client_key, client_state, fleet_servers, forget, host_plan,
     server_state, servers_of,
 )
 from pyinfra_backup.borg import (
@@ -337,3 +339,74 @@ def restore(job: str, target: str, archive: str = "latest", overwrite: bool = Fa
         f"mkdir -p {sh_join([target])} && cd {sh_join([target])} && {run} && "
         f"mkdir -p {os.path.dirname(marker)} && echo {sh_join([name])} > {marker}"
     )
+
+
+# --- append-only rollback -------------------------------------------------------------------
+
+
+def _rollback_point(files, transaction: int | None, before: str | None) -> int:
+    if transaction is not None:
+        if transaction not in {t for t, _ in files.transactions}:
+            raise OperationError(f"{host.name}: no transaction {transaction} in the repo's log")
+        return transaction
+    earlier = [t for t, when in files.transactions if when < before]
+    if not earlier:
+        raise OperationError(f"{host.name}: no transaction committed before {before}")
+    return earlier[-1]
+
+
+@operation()
+def rollback(repo: str, transaction: int | None = None, before: str | None = None):
+    """Roll an append-only repo back to a transaction: what a delete or prune through an
+    append-only key did is undone. Segments and index files written after it are moved to
+    `<path>.rolled-back/<transaction>/` (nothing is deleted), then `borg check --repository-only`
+    runs. Clients that saw the newer state then need `forget_repo_state(job=...)`.
+
+    Example: `pyinfra INVENTORY tasks.borg.rollback repo=host01 before=2026-11-27T12:00:00 --limit backup`.
+    """
+    if (transaction is None) == (before is None):
+        raise OperationError(f"{host.name}: rollback needs exactly one of transaction= or before=")
+    server = fleet_servers(inventory).get(host.name)
+    if server is None:
+        raise OperationError(f"{host.name}: not a repo server (no borgbackup.repos)")
+    spec = server.repo_for(repo)
+    files = host.get_fact(BorgRepoFiles, path=spec["path"])
+    point = _rollback_point(files, None if transaction is None else int(transaction), before)
+    newer = [s for s in files.segments if s > point]
+    stale_index = [name for name in files.index_files if int(name.split(".")[1]) > point]
+    if not newer and not stale_index:
+        host.noop(f"{repo}: nothing was written after transaction {point}")
+        return
+    quarantine = f"{spec['path']}.rolled-back/{point}"
+    segments_dir = 1000  # borg 1.2 default segments_per_dir
+    moves = [f"data/{s // segments_dir}/{s}" for s in newer] + stale_index
+    yield sh_join(["install", "-d", "-m", "0700", "-o", spec["user"], os.path.dirname(quarantine), quarantine])
+    yield f"cd {sh_join([spec['path']])} && mv -f -t {sh_join([quarantine])} " + sh_join(moves)
+    yield f"cd {sh_join([spec['path']])} && runuser -u {sh_join([spec['user']])} -- borg check --repository-only ."
+
+
+@operation()
+def forget_repo_state(job: str):
+    """Forget what this host's borg remembers of the job's repo (security dir and cache), so
+    that it accepts a repo rolled back to an older state. Reads the repo id from the repo.
+
+    Example: `pyinfra INVENTORY tasks.borg.forget_repo_state job=system --limit host01`.
+    """
+    planned = _planned(job)
+    if planned.server is not None:
+        path = planned.server.repo_for(host.name)["path"]
+        files = inventory.get_host(planned.server.name).get_fact(BorgRepoFiles, path=path)
+    else:
+        files = host.get_fact(BorgRepoFiles, path=planned.job.repo)
+    if not files.repo_id:
+        raise OperationError(f"{host.name}: job {job}: cannot read the repo id")
+    home = host.get_fact(Home)
+    remembered = [
+        path for path in (f"{home}/.config/borg/security/{files.repo_id}", f"{home}/.cache/borg/{files.repo_id}")
+        if host.get_fact(Directory, path=path)
+    ]
+    if not remembered:
+        host.noop(f"{job}: nothing remembered of repo {files.repo_id[:12]}")
+        return
+    forget(host)
+    yield sh_join(["rm", "-rf", *remembered])
