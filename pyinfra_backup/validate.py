@@ -1,0 +1,352 @@
+"""Host data validation: inventory/schema.json plus the checks a schema cannot express.
+
+Every deploy starts with::
+
+    from pyinfra_backup.validate import require_valid_inventory
+    require_valid_inventory()
+
+Deploy code runs once per host while pyinfra prepares the run, before anything executes. The first call
+validates the data of every host of the inventory (memoised on pyinfra's state); when any host is invalid it
+raises InvalidHostData, a PyinfraError: pyinfra's CLI prints its message (one line per problem, no
+traceback) and exits 1, and no host is changed.
+
+Messages read ``<host>: <key path>: expected <what>, got <value>``, the key path dotted
+(``borgbackup.jobs.system.prune.keep.daily``). The wording of an expectation lives in the schema, next to
+the rule, as the ``x-expected`` annotation.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import difflib
+import functools
+import json
+import re
+import reprlib
+import struct
+from collections import defaultdict
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+
+import jsonschema
+from jsonschema import Draft202012Validator, FormatChecker
+from pyinfra.api.exceptions import PyinfraError
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "inventory" / "schema.json"
+_MEMO = "_pyinfra_backup_host_data_errors"  # attribute set on pyinfra's State
+
+
+class InvalidHostData(PyinfraError):
+    """Invalid host data; pyinfra's CLI shows the message and exits 1 without a traceback."""
+
+
+@functools.cache
+def load_schema() -> dict:
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+# --- custom formats: each raises ValueError(reason) for a malformed value ---------------------------
+
+def check_calendar(spec: str) -> None:
+    from pyinfra_backup.schedule import parse_calendar  # lazy: schedule is not needed to import this module
+
+    try:
+        parse_calendar(spec)
+    except ValueError as error:  # drop the spec its message repeats: ours shows it after "got"
+        raise ValueError(str(error).removeprefix(f'invalid calendar spec "{spec}": ')) from None
+
+
+_LEVELS = {"none": None, "lz4": None, "zstd": (1, 22), "zlib": (0, 9), "lzma": (0, 9)}
+
+
+def check_compression(spec: str) -> None:
+    """borg 1.2: [obfuscate,SPEC,][auto,]ALGO[,LEVEL]."""
+    parts = spec.split(",")
+    if parts[0] == "obfuscate":
+        level = parts[1] if len(parts) > 1 else ""
+        if not (level.isdigit() and (1 <= int(level) <= 6 or 110 <= int(level) <= 123)):
+            raise ValueError("obfuscate needs a level 1-6 or 110-123")
+        parts = parts[2:]
+    if parts and parts[0] == "auto":
+        parts = parts[1:]
+        if not parts:
+            raise ValueError("auto needs a compression spec after it, e.g. auto,zstd")
+    name, *level = parts or [""]
+    if name not in _LEVELS:
+        raise ValueError(f"unknown algorithm {name!r}")
+    bounds = _LEVELS[name]
+    if level and (bounds is None or len(level) > 1):
+        raise ValueError(f"{name} takes {'no level' if bounds is None else 'one level'}")
+    if level and not (level[0].isdigit() and bounds[0] <= int(level[0]) <= bounds[1]):
+        raise ValueError(f"{name} level must be {bounds[0]}-{bounds[1]}")
+
+
+_HOST = r"(?:[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?|\[[0-9A-Fa-f:.]+\])"
+_USER = r"[^@:/\s]+"
+_SSH_URL = re.compile(rf"ssh://(?:{_USER}@)?{_HOST}(?::(?P<port>[0-9]+))?(?P<path>/.*)")
+_SCP = re.compile(rf"(?:{_USER}@)?{_HOST}:(?P<path>.+)")
+
+
+def check_repo(repo: str) -> None:
+    """Absolute path, ssh://[user@]host[:port]/path (/./rel, /~/rel) or [user@]host:path."""
+    if "::" in re.sub(r"\[[0-9A-Fa-f:.]+\]", "", repo):  # outside an [IPv6] host
+        raise ValueError("'::' starts an archive name in borg 1.x; give the repository only")
+    if "\n" in repo or repo != repo.strip():
+        raise ValueError("leading/trailing whitespace or a newline")
+    if repo.startswith("/"):
+        return
+    if repo.startswith("ssh://"):
+        match = _SSH_URL.fullmatch(repo)
+        if not match:
+            raise ValueError("not an ssh://[user@]host[:port]/path URL")
+        if match["port"] and not 0 < int(match["port"]) < 65536:
+            raise ValueError(f"port {match['port']} out of range")
+        return
+    if "://" in repo:
+        raise ValueError("only ssh:// URLs are supported")
+    if not _SCP.fullmatch(repo):
+        raise ValueError("a relative local path or a malformed user@host:path")
+
+
+_SSH_KEY_TYPES = {
+    "ssh-ed25519", "ssh-rsa", "ssh-dss", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
+}
+
+
+def check_ssh_public_key(line: str) -> None:
+    """One authorized_keys line without options: '<type> <base64 blob> [comment]'."""
+    if "\n" in line.strip():
+        raise ValueError("one key per item")
+    kind, _, rest = line.strip().partition(" ")
+    if kind not in _SSH_KEY_TYPES:
+        hint = "; give the bare key, pyinfra-backup adds the options" if "=" in kind or "," in kind else ""
+        raise ValueError(f"unknown key type {kind[:30]!r}{hint}")
+    try:
+        blob = base64.b64decode(rest.split(" ", 1)[0], validate=True)
+    except binascii.Error:
+        raise ValueError("the key data is not valid base64") from None
+    fields, offset = [], 0  # the blob is a sequence of length-prefixed fields, the first being the type
+    while offset + 4 <= len(blob):
+        (size,) = struct.unpack_from(">I", blob, offset)
+        fields.append(blob[offset + 4 : offset + 4 + size])
+        offset += 4 + size
+    if fields[:1] != [kind.encode()]:
+        raise ValueError(f"the key data is not of type {kind}")
+    if offset != len(blob) or len(fields) < 2:
+        raise ValueError("the key data is truncated or mangled")
+
+
+def check_age_recipient(recipient: str) -> None:
+    import pyrage  # lazy: only hosts with system_state.ageRecipients need it
+
+    if recipient.startswith(("ssh-ed25519 ", "ssh-rsa ")):
+        return check_ssh_public_key(recipient)
+    for kind in (pyrage.x25519, pyrage.plugin):
+        try:
+            kind.Recipient.from_str(recipient)
+            return
+        except Exception:  # pyrage raises its own error types
+            pass
+    raise ValueError("not a valid age recipient")
+
+
+FORMATS = {
+    "systemd-calendar": check_calendar,
+    "borg-compression": check_compression,
+    "borg-repo": check_repo,
+    "ssh-public-key": check_ssh_public_key,
+    "age-recipient": check_age_recipient,
+}
+
+_UNITS = {"h": 1, "H": 1, "d": 24, "w": 24 * 7, "m": 24 * 31, "y": 24 * 365}  # hours, as borg's intervals
+
+
+def parse_duration(spec: str) -> timedelta:
+    """checks.frequency / prune.keep.within: '12h', '30d', '2w', '1m' (31 days), '1y' (365 days)."""
+    match = re.fullmatch(r"([1-9][0-9]*)([hHdwmy])", spec)
+    if not match:
+        raise ValueError(f"not a duration like 12h, 30d, 2w, 1m or 1y: {spec!r}")
+    return timedelta(hours=int(match[1]) * _UNITS[match[2]])
+
+
+# --- the validator ----------------------------------------------------------------------------------
+
+_TYPES = Draft202012Validator.TYPE_CHECKER.redefine_many({
+    "array": lambda _, value: isinstance(value, (list, tuple)),
+    "object": lambda _, value: isinstance(value, Mapping),
+    "integer": lambda _, value: isinstance(value, int) and not isinstance(value, bool),
+})
+_Validator = jsonschema.validators.extend(Draft202012Validator, type_checker=_TYPES)
+
+
+def _format(check):
+    def accepts(value) -> bool:  # the format check must return True; non-strings are left to "type"
+        if isinstance(value, str):
+            check(value)
+        return True
+
+    return accepts
+
+
+@functools.cache
+def _validator():
+    checker = FormatChecker(formats=())
+    for name, check in FORMATS.items():
+        checker.checks(name, raises=ValueError)(_format(check))
+    return _Validator(load_schema(), format_checker=checker)
+
+
+# --- messages ---------------------------------------------------------------------------------------
+
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = 80
+_WORDS = {"string": "a string", "integer": "an integer", "number": "a number", "boolean": "true or false",
+          "array": "a list", "object": "a mapping", "null": "null"}
+
+
+def _show(value) -> str:
+    return _repr.repr(value)
+
+
+def _resolve(node) -> dict:
+    while isinstance(node, dict) and "$ref" in node and "x-expected" not in node:
+        node = load_schema()["$defs"][node["$ref"].rsplit("/", 1)[1]]
+    return node if isinstance(node, dict) else {}
+
+
+def _expected(error, fallback: str | None = None) -> str:
+    if "x-expected" in error.schema or fallback:
+        return error.schema.get("x-expected", fallback)
+    value = error.validator_value
+    if error.validator == "type":
+        return " or ".join(_WORDS.get(t, t) for t in ([value] if isinstance(value, str) else value))
+    if error.validator == "enum":
+        return "one of: " + ", ".join(map(str, value))
+    return {"minimum": f"a number >= {value}", "minLength": "a non-empty string",
+            "minItems": "a non-empty list"}.get(error.validator, error.message)
+
+
+def _unknown(key, known) -> str:
+    close = difflib.get_close_matches(str(key), known, n=1)
+    hint = f", did you mean {close[0]}?" if close else ""
+    return f"unknown key (expected one of: {', '.join(known)}){hint}"
+
+
+def _messages(error, fallback: str | None = None) -> list[tuple[list, str]]:
+    """(key path, text) pairs for one jsonschema error; fallback: the expectation of an enclosing anyOf."""
+    path = list(error.absolute_path)
+    if "propertyNames" in error.absolute_schema_path:  # a bad key, not a bad value
+        name = error.instance
+        return [(path + [name], f"invalid name: expected {_expected(error)}, got {_show(name)}")]
+    if error.validator == "additionalProperties":
+        known = list(error.schema.get("properties", {}))
+        return [(path + [key], _unknown(key, known)) for key in error.instance if key not in known]
+    if error.validator == "required":
+        properties = error.schema.get("properties", {})
+        return [(path + [key], f"missing, expected {_resolve(properties.get(key)).get('x-expected', 'a value')}")
+                for key in error.validator_value if key not in error.instance]
+    if error.validator in ("anyOf", "oneOf"):
+        # When exactly one alternative has the value's type, its errors are the precise ones.
+        branches = defaultdict(list)
+        for sub in error.context:
+            branches[sub.relative_schema_path[0]].append(sub)
+        fitting = [subs for subs in branches.values()
+                   if not any(sub.validator == "type" and not sub.relative_path for sub in subs)]
+        if len(fitting) == 1:
+            expected = error.schema.get("x-expected", fallback)
+            return [message for sub in fitting[0]
+                    for message in _messages(sub, None if sub.relative_path else expected)]
+    text = f"expected {_expected(error, fallback)}"
+    if error.validator == "format" and error.cause is not None:
+        text += f": {error.cause}"
+    got = "a value (not shown)" if error.schema.get("x-secret") else _show(error.instance)
+    return [(path, f"{text}, got {got}")]
+
+
+_JOB_NAME = re.compile(load_schema()["$defs"]["jobName"]["pattern"])
+
+
+def _job_name_errors(path, value, jobs) -> list[tuple[list, str]]:
+    names = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else []
+    out = []
+    for name in names:
+        if not isinstance(name, str) or not _JOB_NAME.fullmatch(name) or name in jobs:
+            continue  # the schema reports malformed names
+        if path == ["backup_force"] and name in ("true", "false"):
+            continue
+        close = difflib.get_close_matches(name, list(jobs), n=1)
+        hint = f", did you mean {close[0]}?" if close else ""
+        where = f"one of: {', '.join(jobs)}" if jobs else "the host has no jobs"
+        out.append((path, f"expected a job of borgbackup.jobs ({where}), got {_show(name)}{hint}"))
+    return out
+
+
+_TOP_LEVEL_PREFIXES = ("recover_", "backup_")  # namespaces of this project's top-level keys
+
+
+def _extra_errors(data: Mapping) -> list[tuple[list, str]]:
+    """What the schema cannot say: typos of our top-level keys, jobs with nothing to back up, job references."""
+    known = list(load_schema()["properties"])
+    out = [([key], _unknown(key, known)) for key in data
+           if isinstance(key, str) and key not in known
+           and (key.startswith(_TOP_LEVEL_PREFIXES) or difflib.get_close_matches(key, known, n=1, cutoff=0.85))]
+    borg = data.get("borgbackup")
+    jobs = borg.get("jobs") if isinstance(borg, Mapping) else None
+    jobs = jobs if isinstance(jobs, Mapping) else {}
+    for name, job in jobs.items():
+        if isinstance(job, Mapping) and not any(job.get(key) for key in ("paths", "postgresqlDatabases", "volumes")):
+            out.append((["borgbackup", "jobs", name], "expected something to back up: paths, postgresqlDatabases "
+                        "or volumes (dumpCommand is not used), got none of them"))
+    state = data.get("system_state")
+    if isinstance(state, Mapping) and "job" in state:
+        out += _job_name_errors(["system_state", "job"], state["job"], jobs)
+    for key in ("backup_force", "recover_jobs"):
+        if key in data and not isinstance(data[key], bool):
+            out += _job_name_errors([key], data[key], jobs)
+    return out
+
+
+def _dotted(path) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
+    return text
+
+
+def host_data_errors(host_name: str, data: Mapping) -> list[str]:
+    """Every problem of one host's data, as '<host>: <key path>: <expected ...>, got <value>' lines."""
+    found = [message for error in _validator().iter_errors(data) for message in _messages(error)]
+    found += _extra_errors(data)
+    lines = (f"{host_name}: {_dotted(path)}: {text}" for path, text in sorted(found, key=lambda f: _dotted(f[0])))
+    return list(dict.fromkeys(lines))
+
+
+def inventory_errors(inventory) -> list[str]:
+    """Problems of every host of a pyinfra Inventory, each host seeing its merged data (override, host,
+    groups, all)."""
+    return [line for host in inventory for line in host_data_errors(host.name, host.data.dict())]
+
+
+def require_valid_inventory(state=None) -> None:
+    """Stop the run (InvalidHostData) unless every host of the inventory has valid data.
+
+    Call it at the top of every deploy file. The first call of a run validates all hosts and remembers the
+    result on the state object, so the other hosts' calls cost nothing."""
+    if state is None:
+        from pyinfra.context import ctx_state
+
+        state = ctx_state.get()
+        if state is None:
+            raise RuntimeError("require_valid_inventory() runs inside a pyinfra deploy (no pyinfra state)")
+    errors = getattr(state, _MEMO, None)
+    if errors is None:
+        errors = inventory_errors(state.inventory)
+        setattr(state, _MEMO, errors)
+    if errors:
+        raise InvalidHostData(
+            f"invalid host data ({len(errors)} problem{'s' * (len(errors) > 1)}), nothing was changed:\n"
+            + "\n".join(errors)
+        )
