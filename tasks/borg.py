@@ -107,7 +107,7 @@ def repo_server():
         group = primary.get(user, user)
         home = current.users.get(user) or ("/var/lib/borgbackup" if user == "borg" else f"/var/lib/{user}")
         if user not in current.users:
-            commands.append(sh_join(["useradd", "--system", "--gid", group, "--home-dir", home, "--shell", "/bin/sh", user]))
+            commands.append(sh_join(["useradd", "--system", "--gid", group, "--home-dir", home, "--shell", "/bin/sh", "--password", "*", user]))
         content = "".join(line + "\n" for line in keys.get(user, []))
         if current.authorized_keys.get(user) != content:
             commands.append(sh_join(["install", "-d", "-m", "0700", "-o", user, "-g", group, home, f"{home}/.ssh"]))

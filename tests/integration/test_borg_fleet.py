@@ -1,0 +1,232 @@
+"""The borg lifecycle on real fleet hosts: a repo server, four enrolled clients, the operator.
+
+The tests run in file order on one shared setup (a fleet run costs seconds); each
+asserts what it needs from the repos directly (borg on the operator side, files
+inside the hosts), not from our own facts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import subprocess
+import threading
+import time
+from datetime import datetime, timezone
+
+import pytest
+
+from tests.integration.helpers import in_host, operator_borg, pyinfra
+
+pytestmark = pytest.mark.fleet
+
+CLIENTS = ["host01", "host02", "host03", "host04"]
+DATA_SETUP = r"""
+set -e
+rm -rf /srv/data && mkdir -p /srv/data/app/empty /srv/data/owned
+echo "hello from $(hostname)" > /srv/data/hello.txt
+head -c 300000 /dev/urandom > /srv/data/app/blob.bin
+printf 'secret-ish\n' > /srv/data/app/private && chmod 0600 /srv/data/app/private
+chown 1234:2345 /srv/data/owned && chmod 0750 /srv/data/owned
+echo owned > /srv/data/owned/file && chown 1234:2345 /srv/data/owned/file && chmod 0640 /srv/data/owned/file
+ln -s hello.txt /srv/data/link
+umask 077 && printf '%s' "$PASS" > /root/borg-pass
+"""
+TREE = "cd {0} && find . -printf '%p %U %G %m %y %l\\n' | sort && find . -type f -print0 | sort -z | xargs -0 sha256sum"
+
+
+def job(**extra):
+    return {
+        "paths": ["/srv/data"],
+        "repo": "borg@backup:.",
+        "encryption": {"mode": "repokey-blake2", "passCommand": "cat /root/borg-pass"},
+        "startAt": "daily",
+        "prune": {"keep": {"daily": 7}},
+        "checks": {"frequency": "30d"},
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def setup(fleet, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("borg-fleet")
+    op_key = tmp / "operator_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(op_key)], check=True)
+    passphrases = {name: "pp-" + secrets.token_hex(12) for name in CLIENTS}
+    for name in CLIENTS:
+        fleet.run(name, f"export PASS={passphrases[name]}\n" + DATA_SETUP)
+    common = {"borgbackup": {"jobs": {"system": job()}, "operatorIdentity": str(op_key), "lockWait": 3}}
+    host_data = {name: common for name in CLIENTS}
+    host_data["backup"] = {"borgbackup": {"repos": {}, "operatorKeys": [op_key.with_suffix(".pub").read_text().strip()]}}
+    inventory = fleet.write_inventory(tmp / "inventory.py", host_data, {"clients": CLIENTS, "servers": ["backup"]})
+    env = {"BORG_BASE_DIR": str(tmp / "operator-borg")}
+    state = {"fleet": fleet, "inventory": inventory, "op_key": op_key, "pass": passphrases, "env": env, "tmp": tmp}
+    state["server_run"] = pyinfra(inventory, "deploys/backup_server.py", env=env)
+    state["first_run"] = pyinfra(inventory, "deploys/backup.py", env=env)
+    return state
+
+
+def archives(setup, client):
+    out = operator_borg(setup, client, "list", "--json", "--glob-archives", f"{client}-system-2*", "{repo}")
+    return [a["name"] for a in json.loads(out.stdout)["archives"]]
+
+
+def test_first_run_enrolls_every_client_and_makes_one_archive_each(setup):
+    assert setup["server_run"].returncode == 0, setup["server_run"].stdout
+    assert setup["first_run"].returncode == 0, setup["first_run"].stdout
+    for client in CLIENTS:
+        names = archives(setup, client)
+        assert len(names) == 1 and re.fullmatch(rf"{client}-system-\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\d", names[0])
+    keys = setup["fleet"].run("backup", "cat /var/lib/borgbackup/.ssh/authorized_keys").stdout.splitlines()
+    client_lines = [line for line in keys if "pyinfra-backup@" in line]
+    assert len(client_lines) == len(CLIENTS)
+    assert all("--append-only" in line and line.endswith(f"pyinfra-backup@{line.split('@')[-1]}") for line in client_lines)
+    mode = setup["fleet"].run("backup", "stat -c '%U %a' /var/lib/borgbackup/host01").stdout.split()
+    assert mode == ["borg", "700"]
+    pinned = setup["fleet"].run("host01", "cat /var/lib/pyinfra-backup/ssh/known_hosts").stdout
+    assert setup["fleet"].host_key("backup") in pinned
+
+
+def test_rerun_changes_nothing_in_one_remote_command_per_host(setup):
+    fleet = setup["fleet"]
+    before = {name: fleet.exec_count(name) for name in [*CLIENTS, "backup"]}
+    run = pyinfra(setup["inventory"], "deploys/backup.py", env=setup["env"])
+    assert run.returncode == 0, run.stdout
+    assert "] Success" not in run.stdout and "No changes" in run.stdout
+    for client in CLIENTS:
+        assert len(archives(setup, client)) == 1
+        assert fleet.exec_count(client) - before[client] <= 2
+    assert fleet.exec_count("backup") - before["backup"] <= 2
+    assert re.search(r"\[host01\] .*not due: last archive host01-system-", run.stdout) or "not due" in run.stdout
+
+
+def test_forced_run_stores_a_changed_file_and_prunes_with_the_operator_key(setup):
+    fleet = setup["fleet"]
+    first = archives(setup, "host01")
+    fleet.run("host01", "echo changed > /srv/data/hello.txt")
+    time.sleep(1)  # archive names have second resolution
+    run = pyinfra(setup["inventory"], "deploys/backup.py", "--data", "backup_force=true", "--limit", "host01", env=setup["env"])
+    assert run.returncode == 0, run.stdout
+    now = archives(setup, "host01")
+    assert len(now) == 1 and now != first  # keep.daily=7: today's older archive was pruned
+    content = operator_borg(setup, "host01", "extract", "--stdout", f"{{repo}}::{now[0]}", "srv/data/hello.txt")
+    assert content.stdout == "changed\n"
+    log = fleet.run("backup", "grep -c 'Accepted publickey for borg from 10.213.0.1 ' /var/log/sshd.log").stdout
+    assert int(log) >= 1  # the prune came from the operator's machine
+
+
+def test_check_ran_once_and_is_remembered(setup):
+    stamp = setup["fleet"].run("host02", "cat /var/lib/pyinfra-backup/checks/system").stdout.strip()
+    assert abs(int(stamp) - time.time()) < 600
+
+
+def test_restore_latest_reproduces_contents_owners_and_modes(setup):
+    fleet = setup["fleet"]
+    run = pyinfra(setup["inventory"], "tasks.borg.restore", "job=system", "target=/srv/restore", "--limit", "host02", env=setup["env"])
+    assert run.returncode == 0, run.stdout
+    original = fleet.run("host02", TREE.format("/srv/data")).stdout
+    restored = fleet.run("host02", TREE.format("/srv/restore/srv/data")).stdout
+    assert restored == original and "1234 2345 750 d" in restored
+    again = pyinfra(setup["inventory"], "tasks.borg.restore", "job=system", "target=/srv/restore", "--limit", "host02", env=setup["env"])
+    assert again.returncode == 0 and "already restored" in again.stdout
+
+
+def test_restore_refuses_a_non_empty_target_unless_told_to_overwrite(setup):
+    fleet = setup["fleet"]
+    fleet.run("host03", "mkdir -p /srv/busy && echo mine > /srv/busy/keep.txt")
+    refused = pyinfra(setup["inventory"], "tasks.borg.restore", "job=system", "target=/srv/busy", "--limit", "host03", env=setup["env"])
+    assert refused.returncode != 0 and "not empty" in refused.stdout
+    assert fleet.run("host03", "ls -A /srv/busy").stdout.split() == ["keep.txt"]
+    forced = pyinfra(setup["inventory"], "tasks.borg.restore", "job=system", "target=/srv/busy", "overwrite=true",
+                     "--limit", "host03", env=setup["env"])
+    assert forced.returncode == 0, forced.stdout
+    assert fleet.run("host03", "cat /srv/busy/srv/data/hello.txt").stdout == "hello from host03\n"
+
+
+def test_append_only_key_cannot_destroy_data(setup):
+    fleet = setup["fleet"]
+    [name] = archives(setup, "host04")
+    before = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")
+    time.sleep(0.2)
+    # The client's own key deletes its archive: borg appears to obey...
+    rsh = ("ssh -i /var/lib/pyinfra-backup/ssh/id_ed25519 -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes "
+           "-o UserKnownHostsFile=/var/lib/pyinfra-backup/ssh/known_hosts")
+    fleet.run("host04", f"BORG_PASSCOMMAND='cat /root/borg-pass' BORG_RSH='{rsh}' "
+                        f"borg delete borg@{fleet.host('backup').address}:.::{name}")
+    assert archives(setup, "host04") == []
+    # ...but the segments stay, and the rollback brings the archive back.
+    run = pyinfra(setup["inventory"], "tasks.borg.rollback", "repo=host04", f"before={before}", "--limit", "backup", env=setup["env"])
+    assert run.returncode == 0, run.stdout
+    repo_id = fleet.run("backup", "sed -n 's/^id = //p' /var/lib/borgbackup/host04/config").stdout.strip()
+    subprocess.run(["rm", "-rf", f"{setup['env']['BORG_BASE_DIR']}/.config/borg/security/{repo_id}",
+                    f"{setup['env']['BORG_BASE_DIR']}/.cache/borg/{repo_id}"], check=True)
+    assert archives(setup, "host04") == [name]
+    data = operator_borg(setup, "host04", "extract", "--stdout", f"{{repo}}::{name}", "srv/data/hello.txt")
+    assert data.stdout == "hello from host04\n"
+    # The client forgets the newer state it saw, and backs up again.
+    forget = pyinfra(setup["inventory"], "tasks.borg.forget_repo_state", "job=system", "--limit", "host04", env=setup["env"])
+    assert forget.returncode == 0, forget.stdout
+    again = pyinfra(setup["inventory"], "deploys/backup.py", "--data", "backup_force=true", "--limit", "host04", env=setup["env"])
+    assert again.returncode == 0, again.stdout
+
+
+def test_failures_stay_with_their_host_and_say_why(setup):
+    fleet = setup["fleet"]
+    server = fleet.host("backup").address
+    fleet.run("host02", "cp /root/borg-pass /root/borg-pass.good && printf wrong > /root/borg-pass")
+    fleet.run("host03", f"ip route add blackhole {server}/32")
+    locker = subprocess.Popen(in_host(fleet, "backup", "runuser -u borg -- borg with-lock /var/lib/borgbackup/host04 sleep 60"))
+    try:
+        time.sleep(1.5)
+        run = pyinfra(setup["inventory"], "deploys/backup.py", "--data", "backup_force=true", env=setup["env"])
+    finally:
+        locker.kill()
+        locker.wait()
+        fleet.run("backup", "pkill -f 'borg with-lock' || true; sleep 0.5")
+        fleet.run("host02", "mv /root/borg-pass.good /root/borg-pass")
+        fleet.run("host03", f"ip route del blackhole {server}/32")
+    assert run.returncode != 0
+    out = run.stdout
+    assert re.search(r"\[host02\].*wrong passphrase", out), out
+    assert re.search(r"\[host03\].*unreachable", out), out
+    assert re.search(r"\[host04\].*locked by a live borg process", out), out
+    assert len(archives(setup, "host01")) == 1  # host01 went on: a new archive, the older one pruned
+    assert fleet.run("backup", "ls /var/lib/borgbackup/host04/ | grep -c lock || true").stdout.strip() == "0"
+
+
+def test_passphrase_never_in_output_or_process_list(setup):
+    fleet = setup["fleet"]
+    secret = setup["pass"]["host01"]
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            seen.append(fleet.run("host01", "ps -eo args", check=False).stdout)
+            seen.append(fleet.run("backup", "ps -eo args", check=False).stdout)
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        run = pyinfra(setup["inventory"], "deploys/backup.py", "-vvv", "--data", "backup_force=true", "--limit", "host01",
+                      env=setup["env"])
+    finally:
+        stop.set()
+        sampler.join()
+    assert run.returncode == 0, run.stdout
+    assert "borg create" in "".join(seen) or len(seen) > 10
+    assert secret not in run.stdout and secret not in run.stderr
+    assert not any(secret in sample for sample in seen)
+
+
+def test_freshness_fact_reports_every_job(setup):
+    run = pyinfra(setup["inventory"], "fact", "facts.borg.BackupFreshness", yes=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    data = json.loads(run.stdout[run.stdout.index("{"):run.stdout.rindex("}") + 1])
+    for client in CLIENTS:
+        entry = data[client]["system"]
+        assert entry["status"] == "fresh" and entry["due"] is False and entry["error"] is None
+        assert entry["last_archive"].startswith(f"{client}-system-") and entry["age_seconds"] < 3600
+    assert data["backup"] == {}
