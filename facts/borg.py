@@ -52,7 +52,7 @@ class ClientState:
 
 
 def _listing_command(planned: PlannedJob) -> str:
-    listing = with_env(borg_env(planned.job, planned.location), list_argv(planned.location))
+    listing = with_env(borg_env(planned.job, planned.location), list_argv(planned.job, planned.location))
     if planned.server is None:
         return listing
     return f"test -f {BACKUP_KEY} || exit {NO_KEY}; {listing}"

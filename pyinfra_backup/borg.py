@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from collections.abc import Mapping
@@ -42,6 +43,13 @@ def _list(value) -> tuple[str, ...]:
     return (value,) if isinstance(value, str) else tuple(value)
 
 
+def _args(value) -> tuple[str, ...]:
+    """NixOS gives `extra*Args` as one shell-quoted string; we also take a list."""
+    if value is None:
+        return ()
+    return tuple(shlex.split(value)) if isinstance(value, str) else tuple(value)
+
+
 @dataclass(frozen=True)
 class Job:
     """One backup job, NixOS option names mapped to Python names with defaults applied."""
@@ -49,17 +57,19 @@ class Job:
     name: str
     repo: str
     paths: tuple[str, ...] = ()
-    mode: str = "repokey-blake2"
+    mode: str = "none"
     pass_command: str | None = None
     compression: str = "auto,zstd"
     start_at: tuple[str, ...] = ("daily",)
     archive_base_name: str | None = None
     do_init: bool = True
     keep: Mapping[str, int | str] = field(default_factory=dict)
+    prune_prefix: str | None = None
     environment: Mapping[str, str] = field(default_factory=dict)
     fail_on_warnings: bool = True
     exclude: tuple[str, ...] = ()
     patterns: tuple[str, ...] = ()
+    extra_args: tuple[str, ...] = ()
     extra_create_args: tuple[str, ...] = ()
     extra_prune_args: tuple[str, ...] = ()
     extra_init_args: tuple[str, ...] = ()
@@ -76,21 +86,23 @@ class Job:
             name=name,
             repo=data["repo"],
             paths=_list(data.get("paths")),
-            mode=encryption.get("mode") or "repokey-blake2",
+            mode=encryption["mode"],
             pass_command=encryption.get("passCommand"),
             compression=data.get("compression") or "auto,zstd",
-            start_at=_list(data.get("startAt")) or ("daily",),
+            start_at=("daily",) if data.get("startAt") is None else _list(data.get("startAt")),
             archive_base_name=data.get("archiveBaseName"),
             do_init=data.get("doInit", True) is not False,
             keep={k: v for k, v in (prune.get("keep") or {}).items() if v is not None},
+            prune_prefix=prune.get("prefix"),
             environment=dict(data.get("environment") or {}),
             fail_on_warnings=data.get("failOnWarnings", True) is not False,
             exclude=_list(data.get("exclude")),
             patterns=_list(data.get("patterns")),
-            extra_create_args=_list(data.get("extraCreateArgs")),
-            extra_prune_args=_list(data.get("extraPruneArgs")),
-            extra_init_args=_list(data.get("extraInitArgs")),
-            extra_compact_args=_list(data.get("extraCompactArgs")),
+            extra_args=_args(data.get("extraArgs")),
+            extra_create_args=_args(data.get("extraCreateArgs")),
+            extra_prune_args=_args(data.get("extraPruneArgs")),
+            extra_init_args=_args(data.get("extraInitArgs")),
+            extra_compact_args=_args(data.get("extraCompactArgs")),
             check_frequency=checks.get("frequency"),
             verify_data=bool(checks.get("verifyData")),
         )
@@ -98,6 +110,12 @@ class Job:
     def base_name(self, hostname: str) -> str:
         """`archiveBaseName`, by default `<hostname>-<job>` as in NixOS."""
         return self.archive_base_name or f"{hostname}-{self.name}"
+
+    def custom_prune_prefix(self, base_name: str) -> str | None:
+        """`prune.prefix` when it is not NixOS' default (the base name): prune then takes every
+        archive starting with it, as NixOS does; by default only this job's own archives."""
+        prefix = self.prune_prefix
+        return None if prefix in (None, base_name, base_name + "-") else prefix
 
 
 @dataclass(frozen=True)
@@ -135,22 +153,23 @@ def borg_env(job: Job, location: Location, extra: Mapping[str, str] | None = Non
     return env
 
 
-def _common(lock_wait: int | None) -> list[str]:
-    return ["--lock-wait", str(lock_wait)] if lock_wait is not None else []
+def _borg(job: Job, command: str, lock_wait: int | None = None) -> list[str]:
+    """`borg [extraArgs] COMMAND [--lock-wait N]`: NixOS' `extraArgs` go to every borg call."""
+    return ["borg", *job.extra_args, command, *(["--lock-wait", str(lock_wait)] if lock_wait is not None else [])]
 
 
 def init_argv(job: Job, location: Location) -> list[str]:
-    return ["borg", "init", "--encryption", job.mode, "--make-parent-dirs", *job.extra_init_args, location.url]
+    return [*_borg(job, "init"), "--encryption", job.mode, "--make-parent-dirs", *job.extra_init_args, location.url]
 
 
-def list_argv(location: Location) -> list[str]:
+def list_argv(job: Job, location: Location) -> list[str]:
     """Every archive of the repo, checkpoints too (prune must see them), as JSON."""
-    return ["borg", "list", "--json", "--consider-checkpoints", location.url]
+    return [*_borg(job, "list"), "--json", "--consider-checkpoints", location.url]
 
 
 def create_argv(job: Job, base_name: str, url: str = "REPO", lock_wait: int | None = None) -> list[str]:
     """`borg create` for the job; the archive is `<base>-<UTC timestamp>` (borg's {utcnow})."""
-    argv = ["borg", "create", "--compression", job.compression, *_common(lock_wait)]
+    argv = [*_borg(job, "create", lock_wait), "--compression", job.compression]
     for pattern in job.exclude:
         argv += ["--exclude", pattern]
     for pattern in job.patterns:
@@ -170,23 +189,24 @@ def archive_glob(base_name: str) -> str:
 
 
 def prune_argv(job: Job, base_name: str, url: str, lock_wait: int | None = None) -> list[str]:
+    prefix = job.custom_prune_prefix(base_name)
     return [
-        "borg", "prune", *_common(lock_wait), "--glob-archives", archive_glob(base_name),
+        *_borg(job, "prune", lock_wait), "--glob-archives", f"{prefix}*" if prefix else archive_glob(base_name),
         *keep_argv(job.keep), *job.extra_prune_args, url,
     ]
 
 
 def compact_argv(job: Job, url: str, lock_wait: int | None = None) -> list[str]:
-    return ["borg", "compact", *_common(lock_wait), *job.extra_compact_args, url]
+    return [*_borg(job, "compact", lock_wait), *job.extra_compact_args, url]
 
 
 def check_argv(job: Job, url: str, lock_wait: int | None = None) -> list[str]:
-    return ["borg", "check", *_common(lock_wait), *(["--verify-data"] if job.verify_data else []), url]
+    return [*_borg(job, "check", lock_wait), *(["--verify-data"] if job.verify_data else []), url]
 
 
-def extract_argv(url: str, archive: str, paths: tuple[str, ...] = ()) -> list[str]:
+def extract_argv(job: Job, url: str, archive: str, paths: tuple[str, ...] = ()) -> list[str]:
     """Run inside the target directory: borg extracts relative to the working directory."""
-    return ["borg", "extract", "--numeric-ids", f"{url}::{archive}", *paths]
+    return [*_borg(job, "extract"), "--numeric-ids", f"{url}::{archive}", *paths]
 
 
 @dataclass(frozen=True)
@@ -209,6 +229,13 @@ class RepoListing:
     repo_id: str | None = None
     encryption: str | None = None
     error: str | None = None
+
+    def prune_candidates(self, job: Job, base_name: str) -> list[Archive]:
+        """The archives `prune_argv` hands to borg prune, checkpoints included."""
+        prefix = job.custom_prune_prefix(base_name)
+        if prefix is None:
+            return self.job_archives(base_name, checkpoints=True)
+        return sorted((a for a in self.archives if a.name.startswith(prefix)), key=lambda a: a.time)
 
     def job_archives(self, base_name: str, checkpoints: bool = False) -> list[Archive]:
         """This job's archives (`<base>-<timestamp>`), oldest first."""

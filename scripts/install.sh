@@ -10,7 +10,7 @@ APT_PACKAGES=(
     postgresql podman                          # stateful data in the fleet tests
     prometheus-node-exporter                   # metrics scraping in the fleet tests
     git iproute2 util-linux procps psmisc      # the namespace test fleet
-    python3 python3-venv
+    python3 python3-venv systemd              # systemd-analyze: calendar specs checked against systemd
 )
 UV_VERSION=0.13.9
 

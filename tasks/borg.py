@@ -264,7 +264,7 @@ def prune(job: str):
         return
     base = planned.job.base_name(client_state(host).hostname)
     listing = _readable_listing(job)
-    archives = listing.job_archives(base, checkpoints=True)
+    archives = listing.prune_candidates(planned.job, base)
     doomed = to_prune(archives, planned.job.keep, _now())
     if not doomed:
         host.noop(f"{job}: nothing to prune ({len(archives)} archives within prune.keep)")
@@ -333,7 +333,7 @@ def restore(job: str, target: str, archive: str = "latest", overwrite: bool = Fa
             "refusing to overwrite; pass overwrite=True to replace its files"
         )
     env = borg_env(planned.job, planned.location)
-    run = with_env(env, extract_argv(planned.location.url, name, tuple(paths or ())))
+    run = with_env(env, extract_argv(planned.job, planned.location.url, name, tuple(paths or ())))
     marker = RestoreTarget.marker(target)
     yield (
         f"mkdir -p {sh_join([target])} && cd {sh_join([target])} && {run} && "

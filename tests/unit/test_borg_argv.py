@@ -19,9 +19,10 @@ SEED = {
 
 
 def test_defaults_follow_nixos():
-    job = Job.from_data("system", {"repo": "/srv/r", "paths": "/etc"})
+    job = Job.from_data("system", {"repo": "/srv/r", "paths": "/etc", "encryption": {"mode": "none"}})
     assert job.paths == ("/etc",) and job.compression == "auto,zstd" and job.start_at == ("daily",)
-    assert job.do_init and job.fail_on_warnings and job.mode == "repokey-blake2"
+    assert job.do_init and job.fail_on_warnings and job.start_at == ("daily",)
+    assert Job.from_data("x", {"repo": "/r", "encryption": {"mode": "none"}, "startAt": []}).start_at == ()
     assert job.base_name("host01") == "host01-system"
 
 
@@ -29,7 +30,7 @@ def test_create_argv():
     job = Job.from_data("system", SEED)
     argv = create_argv(job, "h-system", "borg@b:.", lock_wait=5)
     assert argv == [
-        "borg", "create", "--compression", "auto,lzma", "--lock-wait", "5", "--exclude", "*.pyc", "--json",
+        "borg", "create", "--lock-wait", "5", "--compression", "auto,lzma", "--exclude", "*.pyc", "--json",
         "borg@b:.::h-system-{utcnow:%Y-%m-%dT%H:%M:%S}", "/home", "/var/lib", "/etc/nixos",
     ]
 
@@ -96,3 +97,17 @@ def test_atomic_write(tmp_path):
     subprocess.run(["sh", "-c", atomic_write(str(target), "a 'b'\nc\n", "0600")], check=True)
     assert target.read_text() == "a 'b'\nc\n" and oct(target.stat().st_mode)[-3:] == "600"
     assert [p.name for p in tmp_path.iterdir()] == ["known hosts"]
+
+
+def test_nixos_extra_args_strings_are_split_and_extra_args_go_to_every_call():
+    job = Job.from_data("s", {**SEED, "extraArgs": "--remote-path borg1", "extraCreateArgs": "--stats --one-file-system"})
+    argv = create_argv(job, "b", "R")
+    assert argv[:3] == ["borg", "--remote-path", "borg1"] and "--one-file-system" in argv and "--stats" in argv
+    assert prune_argv(job, "b", "R")[:4] == ["borg", "--remote-path", "borg1", "prune"]
+
+
+def test_prune_prefix_default_keeps_to_the_job_and_a_custom_one_is_honoured():
+    default = Job.from_data("s", {**SEED, "prune": {"keep": {"daily": 1}, "prefix": "h-s"}})
+    assert "h-s-[0-9]" in prune_argv(default, "h-s", "R")[3]
+    custom = Job.from_data("s", {**SEED, "prune": {"keep": {"daily": 1}, "prefix": "legacy-"}})
+    assert prune_argv(custom, "h-s", "R")[2:4] == ["--glob-archives", "legacy-*"]

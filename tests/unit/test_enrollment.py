@@ -59,8 +59,8 @@ def test_operator_key_reaches_the_common_base_of_the_repos():
 
 def test_plan_marks_enrolled_jobs_and_leaves_others_alone():
     data = {"borgbackup": {"jobs": {
-        "system": {"repo": "borg@backup:.", "paths": ["/etc"]},
-        "local": {"repo": "/srv/borg", "paths": ["/etc"]},
+        "system": {"repo": "borg@backup:.", "paths": ["/etc"], "encryption": {"mode": "none"}},
+        "local": {"repo": "/srv/borg", "paths": ["/etc"], "encryption": {"mode": "none"}},
     }}}
     plan = {p.job.name: p for p in plan_jobs("host01", data, servers())}
     assert plan["system"].server.name == "backup"
