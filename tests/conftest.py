@@ -11,10 +11,13 @@ FLEET_SERVER = "backup"
 @pytest.fixture(scope="session")
 def _fleet_session():
     """Root + tools or a loud failure (never a skip); teardown on SIGTERM/SIGINT/exit; leftovers of dead runs removed."""
+    problem = None
     try:
         check_prerequisites()
     except FleetError as e:
-        pytest.fail(str(e), pytrace=False)
+        problem = str(e)
+    if problem:
+        pytest.fail(problem, pytrace=False)
     install_teardown_handlers()
     cleanup_leftovers()
 
