@@ -143,7 +143,7 @@ class BorgServer(FactBase):
     user's authorized_keys. Example: `host.get_fact(BorgServer, users=["borg"], paths=[...])`."""
 
     def command(self, users: list[str], groups: list[str], paths: list[str]) -> str:
-        sections = {"hostkeys": "cat /etc/ssh/ssh_host_*_key.pub", "groups": sh_join(["getent", "group", *groups])}
+        sections = {"hostkeys": SshHostKeys().command(), "groups": sh_join(["getent", "group", *groups])}
         for user in users:
             sections[f"user.{user}"] = sh_join(["getent", "passwd", user])
             sections[f"keys.{user}"] = f'cat "$(getent passwd {sh_join([user])} | cut -d: -f6)/.ssh/authorized_keys"'
@@ -163,7 +163,7 @@ class BorgServer(FactBase):
             owner, group, mode, path = line.split(":", 3)
             dirs[path] = f"{owner}:{group}:{mode}"
         return ServerState(
-            host_keys=[" ".join(line.split()[:2]) for line in sections["hostkeys"].stdout if line.strip()],
+            host_keys=SshHostKeys().process(sections["hostkeys"].stdout),
             users=users,
             groups={line.split(":")[0] for line in sections["groups"].stdout if line},
             dirs=dirs,
@@ -200,6 +200,24 @@ def server_state(host, users: list[str], groups: list[str], paths: list[str]) ->
 def forget(host) -> None:
     """Drop what we know of a host: an operation of ours is about to change it."""
     _cache(host).clear()
+
+
+class SshHostKeys(FactBase):
+    """The host's SSH host public keys as `type base64` lines. Example: `host.get_fact(SshHostKeys)`."""
+
+    def command(self) -> str:
+        return "cat /etc/ssh/ssh_host_*_key.pub"
+
+    def process(self, output) -> list[str]:
+        return [" ".join(line.split()[:2]) for line in output if line.strip()]
+
+
+def host_keys(host) -> list[str]:
+    """A server's SSH host keys, from this run's view when we have one."""
+    cache = _cache(host)
+    if "server" in cache:
+        return cache["server"].host_keys
+    return host.get_fact(SshHostKeys)
 
 
 def backup_key(host) -> str | None:

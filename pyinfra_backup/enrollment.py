@@ -76,7 +76,8 @@ def client_location(server: Server, client: str) -> Location:
 def operator_location(server: Server, client: str, identity: str, known_hosts: str) -> Location:
     """How the operator reaches a client's repo with full access (prune, compact)."""
     repo = server.repo_for(client)
-    url = f"ssh://{repo['user']}@{server.address}:{server.port}{repo['path']}"
+    port = "" if server.port == 22 else f":{server.port}"
+    url = f"ssh://{repo['user']}@{server.address}{port}{repo['path']}"
     return Location(url, ssh_rsh(os.path.expanduser(identity), os.path.expanduser(known_hosts)))
 
 

@@ -14,14 +14,15 @@ import subprocess
 from datetime import datetime, timezone
 
 from pyinfra import host, inventory, logger
-from pyinfra.api import FunctionCommand, OperationError, StringCommand, operation
+from pyinfra.api import FunctionCommand, StringCommand
 from pyinfra.facts.files import Directory
 from pyinfra.facts.server import Home
 
 from facts.borg import (
-    BorgRepoFiles, RestoreTarget, backup_key as client_key, client_state, fleet_servers, forget, host_plan,
+    BorgRepoFiles, RestoreTarget, backup_key as client_key, client_state, fleet_servers, forget, host_keys, host_plan,
     server_state, servers_of,
 )
+from tasks.common import HostError, host_operation
 from pyinfra_backup.borg import (
     BACKUP_KEY, CHECKS_DIR, KNOWN_HOSTS, STATE_DIR, check_argv, compact_argv, create_argv,
     extract_argv, borg_env, frequency_seconds, init_argv, prune_argv,
@@ -50,7 +51,7 @@ def _planned(job: str):
     for planned in host_plan(host, inventory):
         if planned.job.name == job:
             return planned
-    raise OperationError(f"{host.name}: borgbackup.jobs.{job}: no such job")
+    raise HostError(f"{host.name}: borgbackup.jobs.{job}: no such job")
 
 
 def _lock_wait() -> int:
@@ -68,7 +69,7 @@ def _forced(job: str) -> bool:
 def _readable_listing(job: str):
     listing = client_state(host).listings[job]
     if listing.error:
-        raise OperationError(f"{host.name}: job {job}: cannot read repo: {listing.error}")
+        raise HostError(f"{host.name}: job {job}: cannot read repo: {listing.error}")
     return listing
 
 
@@ -91,7 +92,7 @@ def _server_layout(server_host):
     return server, repos, users, groups, current
 
 
-@operation()
+@host_operation
 def repo_server():
     """Provision a repo server as NixOS' `services.borgbackup.repos` does: users, 0700 repo
     directories, and authorized_keys with one forced `borg serve` per key. Enrolled clients'
@@ -126,7 +127,7 @@ def repo_server():
 # --- client enrollment ----------------------------------------------------------------------
 
 
-@operation()
+@host_operation
 def backup_key():
     """A dedicated ed25519 key for this host's backups, made once on the host (0600).
 
@@ -142,12 +143,11 @@ def backup_key():
 
 
 def _known_hosts_lines(server, server_host) -> list[str]:
-    _, _, _, _, current = _server_layout(server_host)
     pattern = server.address if server.port == 22 else f"[{server.address}]:{server.port}"
-    return [f"{pattern} {key}" for key in current.host_keys]
+    return [f"{pattern} {key}" for key in host_keys(server_host)]
 
 
-@operation()
+@host_operation
 def pin_server_keys():
     """Pin the SSH host keys of this host's repo servers, read from the servers themselves over
     the operator's own (pinned) connection: no trust on first use.
@@ -168,7 +168,7 @@ def pin_server_keys():
 # --- repo lifecycle -------------------------------------------------------------------------
 
 
-@operation()
+@host_operation
 def init(job: str):
     """Initialise the job's repo with its encryption mode when it does not exist (`doInit`).
 
@@ -180,7 +180,7 @@ def init(job: str):
         host.noop(f"{job}: repo exists ({listing.encryption}, id {listing.repo_id[:12]})")
         return
     if not planned.job.do_init:
-        raise OperationError(f"{host.name}: job {job}: repo {planned.job.repo} does not exist and doInit is false")
+        raise HostError(f"{host.name}: job {job}: repo {planned.job.repo} does not exist and doInit is false")
     forget(host)
     env = borg_env(planned.job, planned.location)
     yield with_env(env, init_argv(planned.job, planned.location))
@@ -190,7 +190,7 @@ def _job_file(job: str, name: str) -> str:
     return f"{JOBS_DIR}/{job}/{name}"
 
 
-@operation()
+@host_operation
 def create(job: str):
     """`borg create` when the job is due by `startAt` (or forced with `backup_force`).
 
@@ -203,9 +203,14 @@ def create(job: str):
     last = archives[-1] if archives else None
     schedule = Schedule.parse(list(planned.job.start_at))
     now = _now()
-    if last and schedule.due_state(last.time, now) == "fresh" and not _forced(job):
-        host.noop(f"{job}: not due: last archive {last.name} made {_ago(last.time)}; next after {schedule.next(now):%Y-%m-%d %H:%M} UTC")
-        return
+    if not _forced(job):
+        if not planned.job.start_at:
+            host.noop(f"{job}: startAt is empty: runs only with backup_force")
+            return
+        if last and schedule.due_state(last.time, now) == "fresh":
+            host.noop(f"{job}: not due: last archive {last.name} made {_ago(last.time)}; "
+                      f"next after {schedule.next(now):%Y-%m-%d %H:%M} UTC")
+            return
     forget(host)
     argv = create_argv(planned.job, planned.job.base_name(hostname), planned.location.url, _lock_wait())
     run = with_env(borg_env(planned.job, planned.location), argv)
@@ -214,20 +219,20 @@ def create(job: str):
     yield f"mkdir -p {os.path.dirname(stats)} && cd / && {{ {run} > {stats}.tmp{accept}; }} && mv -f {stats}.tmp {stats}"
 
 
-def _run_operator_borg(state, op_host, planned, argvs: list[list[str]]) -> bool:
+def _run_operator_borg(state, host, planned, argvs: list[list[str]]) -> bool:  # noqa: F811 (pyinfra passes `host`)
     """Run borg on the operator's machine with the operator's key (full access). The
     passphrase comes from the job's passCommand on the host, through an anonymous pipe."""
     server_host = state.inventory.get_host(planned.server.name)
-    data = op_host.data.get("borgbackup") or {}
+    data = host.data.get("borgbackup") or {}
     location = operator_location(
-        planned.server, op_host.name, data.get("operatorIdentity", "~/.ssh/id_ed25519"),
+        planned.server, host.name, data.get("operatorIdentity", "~/.ssh/id_ed25519"),
         server_host.data.get("ssh_known_hosts_file") or "~/.ssh/known_hosts",
     )
     passphrase = b""
     if planned.job.mode != "none":
-        ok, output = op_host.run_shell_command(StringCommand(planned.job.pass_command), print_output=False)
+        ok, output = host.run_shell_command(StringCommand(planned.job.pass_command), print_output=False)
         if not ok:
-            op_host.log_styled(f"job {planned.job.name}: the passCommand failed on the host", fg="red", log_func=logger.error)
+            host.log_styled(f"job {planned.job.name}: the passCommand failed on the host", fg="red", log_func=logger.error)
             return False
         passphrase = "\n".join(output.stdout_lines).encode()
     for argv in argvs:
@@ -244,13 +249,13 @@ def _run_operator_borg(state, op_host, planned, argvs: list[list[str]]) -> bool:
         out, err = proc.communicate()
         if proc.returncode != 0 and not (proc.returncode == 1 and not planned.job.fail_on_warnings):
             reason = (err.decode(errors="replace").strip().splitlines() or [f"exit {proc.returncode}"])[-1]
-            op_host.log_styled(f"job {planned.job.name}: {argv[1]} failed: {reason}", fg="red", log_func=logger.error)
+            host.log_styled(f"job {planned.job.name}: {argv[1]} failed: {reason}", fg="red", log_func=logger.error)
             return False
-    forget(op_host)
+    forget(host)
     return True
 
 
-@operation()
+@host_operation
 def prune(job: str):
     """`borg prune` with `prune.keep` on this job's archives only, then `borg compact`; only
     when borg would delete something. Repos on fleet servers are pruned with the operator's
@@ -280,7 +285,7 @@ def prune(job: str):
         yield with_env(env, [planned.location.url if word == "REPO" else word for word in argv])
 
 
-@operation()
+@host_operation
 def check(job: str):
     """`borg check` (with `--verify-data` when `checks.verifyData`) when the last successful
     check is older than `checks.frequency`; remembers when it passed.
@@ -304,7 +309,7 @@ def check(job: str):
     yield f"{run} && mkdir -p {CHECKS_DIR} && date -u +%s > {stamp}.tmp && mv -f {stamp}.tmp {stamp}"
 
 
-@operation()
+@host_operation
 def restore(job: str, target: str, archive: str = "latest", overwrite: bool = False, paths: list[str] | None = None):
     """Extract an archive of the job (default: its latest) into `target`, with owners and modes.
     Refuses a non-empty target unless `overwrite=True`. Restoring the same archive into the
@@ -314,21 +319,21 @@ def restore(job: str, target: str, archive: str = "latest", overwrite: bool = Fa
     """
     planned = _planned(job)
     if not target.startswith("/"):
-        raise OperationError(f"{host.name}: restore target must be an absolute path, got {target!r}")
+        raise HostError(f"{host.name}: restore target must be an absolute path, got {target!r}")
     listing = _readable_listing(job)
     archives = listing.job_archives(planned.job.base_name(client_state(host).hostname))
     if not archives:
-        raise OperationError(f"{host.name}: job {job}: no archive to restore from")
+        raise HostError(f"{host.name}: job {job}: no archive to restore from")
     names = [a.name for a in archives]
     name = names[-1] if archive == "latest" else archive
     if name not in names:
-        raise OperationError(f"{host.name}: job {job}: no archive {archive!r} (latest: {names[-1]})")
+        raise HostError(f"{host.name}: job {job}: no archive {archive!r} (latest: {names[-1]})")
     current = host.get_fact(RestoreTarget, path=target)
     if current.entries and current.restored == name:
         host.noop(f"{job}: {name} already restored into {target}")
         return
     if current.entries and not overwrite:
-        raise OperationError(
+        raise HostError(
             f"{host.name}: restore target {target} is not empty ({current.entries} entries): "
             "refusing to overwrite; pass overwrite=True to replace its files"
         )
@@ -347,15 +352,15 @@ def restore(job: str, target: str, archive: str = "latest", overwrite: bool = Fa
 def _rollback_point(files, transaction: int | None, before: str | None) -> int:
     if transaction is not None:
         if transaction not in {t for t, _ in files.transactions}:
-            raise OperationError(f"{host.name}: no transaction {transaction} in the repo's log")
+            raise HostError(f"{host.name}: no transaction {transaction} in the repo's log")
         return transaction
     earlier = [t for t, when in files.transactions if when < before]
     if not earlier:
-        raise OperationError(f"{host.name}: no transaction committed before {before}")
+        raise HostError(f"{host.name}: no transaction committed before {before}")
     return earlier[-1]
 
 
-@operation()
+@host_operation
 def rollback(repo: str, transaction: int | None = None, before: str | None = None):
     """Roll an append-only repo back to a transaction: what a delete or prune through an
     append-only key did is undone. Segments and index files written after it are moved to
@@ -365,10 +370,10 @@ def rollback(repo: str, transaction: int | None = None, before: str | None = Non
     Example: `pyinfra INVENTORY tasks.borg.rollback repo=host01 before=2026-11-27T12:00:00 --limit backup`.
     """
     if (transaction is None) == (before is None):
-        raise OperationError(f"{host.name}: rollback needs exactly one of transaction= or before=")
+        raise HostError(f"{host.name}: rollback needs exactly one of transaction= or before=")
     server = fleet_servers(inventory).get(host.name)
     if server is None:
-        raise OperationError(f"{host.name}: not a repo server (no borgbackup.repos)")
+        raise HostError(f"{host.name}: not a repo server (no borgbackup.repos)")
     spec = server.repo_for(repo)
     files = host.get_fact(BorgRepoFiles, path=spec["path"])
     point = _rollback_point(files, None if transaction is None else int(transaction), before)
@@ -385,7 +390,7 @@ def rollback(repo: str, transaction: int | None = None, before: str | None = Non
     yield f"cd {sh_join([spec['path']])} && runuser -u {sh_join([spec['user']])} -- borg check --repository-only ."
 
 
-@operation()
+@host_operation
 def forget_repo_state(job: str):
     """Forget what this host's borg remembers of the job's repo (security dir and cache), so
     that it accepts a repo rolled back to an older state. Reads the repo id from the repo.
@@ -399,7 +404,7 @@ def forget_repo_state(job: str):
     else:
         files = host.get_fact(BorgRepoFiles, path=planned.job.repo)
     if not files.repo_id:
-        raise OperationError(f"{host.name}: job {job}: cannot read the repo id")
+        raise HostError(f"{host.name}: job {job}: cannot read the repo id")
     home = host.get_fact(Home)
     remembered = [
         path for path in (f"{home}/.config/borg/security/{files.repo_id}", f"{home}/.cache/borg/{files.repo_id}")

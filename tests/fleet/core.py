@@ -272,7 +272,7 @@ def _pids_in(netns_inodes: set[int], mnt_inodes: set[int] = frozenset()) -> set[
         found |= more
 
 
-def _kill_and_reap(find_pids, popens: Iterable[subprocess.Popen] = (), timeout: float = 10.0) -> None:
+def _kill_and_reap(find_pids, popens: Iterable[subprocess.Popen] = (), timeout: float = 30.0) -> None:
     """SIGKILL what ``find_pids()`` returns until it returns nothing; reap what is (or becomes) ours."""
     popens = list(popens)
     deadline = time.monotonic() + timeout
@@ -286,7 +286,10 @@ def _kill_and_reap(find_pids, popens: Iterable[subprocess.Popen] = (), timeout: 
         for pid in pids:
             _wait_gone(pid, pids, deadline)
         if time.monotonic() > deadline:
-            raise FleetError(f"processes survive SIGKILL: {sorted(find_pids())}")
+            survivors = find_pids()
+            if survivors:
+                raise FleetError(f"processes survive SIGKILL: {sorted(survivors)}")
+            break
     for p in popens:
         with contextlib.suppress(ProcessLookupError):
             p.kill()

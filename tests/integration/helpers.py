@@ -32,4 +32,4 @@ def operator_borg(setup: dict, client: str, *args: str, check: bool = True):
 def in_host(fleet, name: str, cmd: str) -> list[str]:
     """argv that runs `cmd` inside a fleet host, for a background process (fleet.run waits)."""
     pid = str(fleet.host(name).pid)
-    return ["nsenter", "-t", pid, "--net", "--mount", "--uts", "--root", "--wd", "--", "/bin/sh", "-c", cmd]
+    return ["nsenter", "-t", pid, "--net", "--mount", "--uts", "--pid", "--root", "--wd", "--", "/bin/sh", "-c", cmd]

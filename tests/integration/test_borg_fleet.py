@@ -42,7 +42,7 @@ def job(**extra):
         "repo": "borg@backup:.",
         "encryption": {"mode": "repokey-blake2", "passCommand": "cat /root/borg-pass"},
         "startAt": "daily",
-        "prune": {"keep": {"daily": 7}},
+        "prune": {"keep": {"daily": 1}},
         "checks": {"frequency": "30d"},
         **extra,
     }
@@ -91,14 +91,16 @@ def test_first_run_enrolls_every_client_and_makes_one_archive_each(setup):
 def test_rerun_changes_nothing_in_one_remote_command_per_host(setup):
     fleet = setup["fleet"]
     before = {name: fleet.exec_count(name) for name in [*CLIENTS, "backup"]}
-    run = pyinfra(setup["inventory"], "deploys/backup.py", env=setup["env"])
+    run = pyinfra(setup["inventory"], "deploys/backup.py", "-v", env=setup["env"])
+    after = {name: fleet.exec_count(name) for name in [*CLIENTS, "backup"]}
     assert run.returncode == 0, run.stdout
     assert "] Success" not in run.stdout and "No changes" in run.stdout
     for client in CLIENTS:
+        assert after[client] - before[client] == 1  # the one fact; the client's borg runs inside it
         assert len(archives(setup, client)) == 1
-        assert fleet.exec_count(client) - before[client] <= 2
-    assert fleet.exec_count("backup") - before["backup"] <= 2
-    assert re.search(r"\[host01\] .*not due: last archive host01-system-", run.stdout) or "not due" in run.stdout
+    # the server: pyinfra's one fact, plus one `borg serve` session per client listing its repo
+    assert after["backup"] - before["backup"] == 1 + len(CLIENTS)
+    assert re.search(r"\[host01\] .*system: not due: last archive host01-system-\S+ made \d+s ago", run.stdout), run.stdout
 
 
 def test_forced_run_stores_a_changed_file_and_prunes_with_the_operator_key(setup):
@@ -109,7 +111,7 @@ def test_forced_run_stores_a_changed_file_and_prunes_with_the_operator_key(setup
     run = pyinfra(setup["inventory"], "deploys/backup.py", "--data", "backup_force=true", "--limit", "host01", env=setup["env"])
     assert run.returncode == 0, run.stdout
     now = archives(setup, "host01")
-    assert len(now) == 1 and now != first  # keep.daily=7: today's older archive was pruned
+    assert len(now) == 1 and now != first, run.stdout  # keep.daily=1: today's older archive was pruned
     content = operator_borg(setup, "host01", "extract", "--stdout", f"{{repo}}::{now[0]}", "srv/data/hello.txt")
     assert content.stdout == "changed\n"
     log = fleet.run("backup", "grep -c 'Accepted publickey for borg from 10.213.0.1 ' /var/log/sshd.log").stdout
@@ -128,7 +130,8 @@ def test_restore_latest_reproduces_contents_owners_and_modes(setup):
     original = fleet.run("host02", TREE.format("/srv/data")).stdout
     restored = fleet.run("host02", TREE.format("/srv/restore/srv/data")).stdout
     assert restored == original and "1234 2345 750 d" in restored
-    again = pyinfra(setup["inventory"], "tasks.borg.restore", "job=system", "target=/srv/restore", "--limit", "host02", env=setup["env"])
+    again = pyinfra(setup["inventory"], "tasks.borg.restore", "job=system", "target=/srv/restore", "--limit", "host02", "-v",
+                    env=setup["env"])
     assert again.returncode == 0 and "already restored" in again.stdout
 
 
@@ -183,7 +186,7 @@ def test_failures_stay_with_their_host_and_say_why(setup):
     finally:
         locker.kill()
         locker.wait()
-        fleet.run("backup", "pkill -f 'borg with-lock' || true; sleep 0.5")
+        fleet.run("backup", "pkill -f 'borg with-[l]ock' || true; sleep 0.5")
         fleet.run("host02", "mv /root/borg-pass.good /root/borg-pass")
         fleet.run("host03", f"ip route del blackhole {server}/32")
     assert run.returncode != 0
@@ -216,8 +219,8 @@ def test_passphrase_never_in_output_or_process_list(setup):
         stop.set()
         sampler.join()
     assert run.returncode == 0, run.stdout
-    assert "borg create" in "".join(seen) or len(seen) > 10
-    assert secret not in run.stdout and secret not in run.stderr
+    assert any("borg create" in sample for sample in seen)  # we did look while borg ran
+    assert secret not in run.stdout
     assert not any(secret in sample for sample in seen)
 
 
