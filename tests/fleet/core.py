@@ -301,6 +301,13 @@ def _wait_gone(pid: int, killed: set[int], deadline: float) -> None:
     (we are a child subreaper) or to PID 1: wait for that; reap it if it is ours."""
     me = os.getpid()
     while time.monotonic() < deadline:
+        # A dying PID-namespace init waits until every process of its namespace is reaped; one whose
+        # parent outside the namespace died is ours to reap (we are a subreaper), and a zombie has no
+        # /proc/PID/ns left, so the namespace scan does not list it: reap our zombies here.
+        for other in _all_pids():
+            if _pid_state(other) == ("Z", me):
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(other, os.WNOHANG)
         try:
             done, _ = os.waitpid(pid, os.WNOHANG)
             if done == pid:

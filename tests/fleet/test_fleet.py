@@ -138,6 +138,26 @@ def test_down_leaves_nothing_behind(fleet):
     assert fleet.run("host01", "hostname").stdout.strip() == "host01"
 
 
+def test_down_is_quick_when_a_process_entered_from_outside_lost_its_parent():
+    """A process started with nsenter whose nsenter parent was killed becomes a zombie that only
+    we can reap; the host's init (PID 1 of its namespace) cannot exit until it is reaped."""
+    import time
+
+    other = Fleet()
+    other.up(["z1"])
+    slot, state_dir = other.slot, other.state_dir
+    entered = subprocess.Popen(["nsenter", "-t", str(other.host("z1").pid), "--net", "--mount", "--uts", "--pid",
+                                "--root", "--wd", "--", "/bin/sh", "-c", "sleep 60"])
+    time.sleep(0.3)
+    entered.kill()
+    entered.wait()
+    other.run("z1", "pkill -x sleep")
+    started = time.monotonic()
+    other.down()
+    assert time.monotonic() - started < 5
+    assert_slot_gone(slot, state_dir, [])
+
+
 def test_cleanup_leftovers_after_a_crash(fleet):
     code = (
         "import json, os, subprocess\n"
