@@ -33,6 +33,8 @@ echo owned > /srv/data/owned/file && chown 1234:2345 /srv/data/owned/file && chm
 ln -s hello.txt /srv/data/link
 umask 077 && printf '%s' "$PASS" > /root/borg-pass
 """
+CLIENT_RSH = ("ssh -i /var/lib/pyinfra-backup/ssh/id_ed25519 -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes "
+              "-o UserKnownHostsFile=/var/lib/pyinfra-backup/ssh/known_hosts")
 TREE = "cd {0} && find . -printf '%p %U %G %m %y %l\\n' | sort && find . -type f -print0 | sort -z | xargs -0 sha256sum"
 
 
@@ -57,11 +59,13 @@ def setup(fleet, tmp_path_factory):
     for name in CLIENTS:
         fleet.run(name, f"export PASS={passphrases[name]}\n" + DATA_SETUP)
     common = {"borgbackup": {"jobs": {"system": job()}, "operatorIdentity": str(op_key), "lockWait": 3}}
+    server = {"borgbackup": {"repos": {}, "operatorKeys": [op_key.with_suffix(".pub").read_text().strip()]}}
     host_data = {name: common for name in CLIENTS}
-    host_data["backup"] = {"borgbackup": {"repos": {}, "operatorKeys": [op_key.with_suffix(".pub").read_text().strip()]}}
+    host_data["backup"] = server
     inventory = fleet.write_inventory(tmp / "inventory.py", host_data, {"clients": CLIENTS, "servers": ["backup"]})
     env = {"BORG_BASE_DIR": str(tmp / "operator-borg")}
-    state = {"fleet": fleet, "inventory": inventory, "op_key": op_key, "pass": passphrases, "env": env, "tmp": tmp}
+    state = {"fleet": fleet, "inventory": inventory, "op_key": op_key, "pass": passphrases, "env": env, "tmp": tmp,
+             "client_data": common, "server_data": server}
     state["server_run"] = pyinfra(inventory, "deploys/backup_server.py", env=env)
     state["first_run"] = pyinfra(inventory, "deploys/backup.py", env=env)
     return state
@@ -153,9 +157,7 @@ def test_append_only_key_cannot_destroy_data(setup):
     before = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")
     time.sleep(0.2)
     # The client's own key deletes its archive: borg appears to obey...
-    rsh = ("ssh -i /var/lib/pyinfra-backup/ssh/id_ed25519 -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes "
-           "-o UserKnownHostsFile=/var/lib/pyinfra-backup/ssh/known_hosts")
-    fleet.run("host04", f"BORG_PASSCOMMAND='cat /root/borg-pass' BORG_RSH='{rsh}' "
+    fleet.run("host04", f"BORG_PASSCOMMAND='cat /root/borg-pass' BORG_RSH='{CLIENT_RSH}' "
                         f"borg delete borg@{fleet.host('backup').address}:.::{name}")
     assert archives(setup, "host04") == []
     # ...but the segments stay, and the rollback brings the archive back.
@@ -172,6 +174,23 @@ def test_append_only_key_cannot_destroy_data(setup):
     assert forget.returncode == 0, forget.stdout
     again = pyinfra(setup["inventory"], "deploys/backup.py", "--data", "backup_force=true", "--limit", "host04", env=setup["env"])
     assert again.returncode == 0, again.stdout
+
+
+def test_a_lock_left_by_a_killed_borg_is_cleared_by_the_next_run(setup):
+    fleet = setup["fleet"]
+    server = fleet.host("backup").address
+    fleet.run("host01", "head -c 200000000 /dev/urandom > /srv/big.bin")
+    fleet.run("host01", f"(BORG_PASSCOMMAND='cat /root/borg-pass' BORG_RSH='{CLIENT_RSH}' borg create --compression lzma,9 "
+                        f"borg@{server}:.::interrupted /srv/big.bin </dev/null >/tmp/interrupted.log 2>&1 &)")
+    fleet.run("backup", "for i in $(seq 300); do [ -e /var/lib/borgbackup/host01/lock.exclusive ] && break; sleep 0.1; done; "
+                        "sleep 0.5; pkill -9 -f 'borg [s]erve' ; true")
+    fleet.run("host01", "pkill -9 -f 'borg [c]reate' ; rm -f /srv/big.bin")
+    log = fleet.run("host01", "cat /tmp/interrupted.log").stdout
+    assert fleet.run("backup", "ls /var/lib/borgbackup/host01").stdout.count("lock.") >= 1, log  # the lock stays
+    run = pyinfra(setup["inventory"], "deploys/backup.py", "--data", "backup_force=true", "--limit", "host01", env=setup["env"])
+    assert run.returncode == 0, run.stdout
+    assert "lock." not in fleet.run("backup", "ls /var/lib/borgbackup/host01").stdout
+    assert len(archives(setup, "host01")) == 1
 
 
 def test_failures_stay_with_their_host_and_say_why(setup):
@@ -222,6 +241,20 @@ def test_passphrase_never_in_output_or_process_list(setup):
     assert any("borg create" in sample for sample in seen)  # we did look while borg ran
     assert secret not in run.stdout
     assert not any(secret in sample for sample in seen)
+
+
+def test_a_new_host_is_enrolled_by_the_backup_run_alone(setup):
+    fleet = setup["fleet"]
+    setup["pass"]["host05"] = "pp-" + secrets.token_hex(12)
+    fleet.run("host05", f"export PASS={setup['pass']['host05']}\n" + DATA_SETUP)
+    inventory = setup["tmp"] / "inventory-with-host05.py"
+    host_data = {name: setup["client_data"] for name in [*CLIENTS, "host05"]}
+    host_data["backup"] = setup["server_data"]
+    fleet.write_inventory(inventory, host_data, {"clients": [*CLIENTS, "host05"], "servers": ["backup"]})
+    run = pyinfra(inventory, "deploys/backup.py", env=setup["env"])
+    assert run.returncode == 0, run.stdout
+    assert len(archives(setup, "host05")) == 1
+    assert re.search(r"\[host01\] No changes", run.stdout)
 
 
 def test_freshness_fact_reports_every_job(setup):
