@@ -275,7 +275,7 @@ def _job_name_errors(path, value, jobs) -> list[tuple[list, str]]:
     for name in names:
         if not isinstance(name, str) or not _JOB_NAME.fullmatch(name) or name in jobs:
             continue  # the schema reports malformed names
-        if path == ["backup_force"] and name in ("true", "false"):
+        if path in (["backup_force"], ["backup_force_check"]) and name in ("true", "false"):
             continue
         close = difflib.get_close_matches(name, list(jobs), n=1)
         hint = f", did you mean {close[0]}?" if close else ""
@@ -303,7 +303,7 @@ def _extra_errors(data: Mapping) -> list[tuple[list, str]]:
     state = data.get("system_state")
     if isinstance(state, Mapping) and "job" in state:
         out += _job_name_errors(["system_state", "job"], state["job"], jobs)
-    for key in ("backup_force", "recover_jobs"):
+    for key in ("backup_force", "backup_force_check", "recover_jobs"):
         if key in data and not isinstance(data[key], bool):
             out += _job_name_errors([key], data[key], jobs)
     return out

@@ -58,11 +58,12 @@ def _lock_wait() -> int:
     return int((host.data.get("borgbackup") or {}).get("lockWait", 60))
 
 
-def _forced(job: str) -> bool:
-    """`backup_force`: true, a job name, a list of job names, or "true"/"name1,name2" from --data."""
-    flag = host.data.get("backup_force")
+def _forced(job: str, key: str = "backup_force") -> bool:
+    """`backup_force` / `backup_force_check`: true, a job name or a list of job names
+    (`--data backup_force=true`; pyinfra turns true/false into booleans)."""
+    flag = host.data.get(key)
     if isinstance(flag, str):
-        flag = True if flag.lower() in ("true", "yes", "1") else [] if flag.lower() in ("false", "no", "0", "") else flag.split(",")
+        return flag == job or flag == "true"
     return flag is True or (isinstance(flag, list) and job in flag)
 
 
@@ -290,7 +291,7 @@ def check(job: str):
     """`borg check` (with `--verify-data` when `checks.verifyData`) when the last successful
     check is older than `checks.frequency`; remembers when it passed.
 
-    Example: `check(job="system")`; force with `--data backup_force_check=true`.
+    Example: `check(job="system")`; force with `--data backup_force_check=true` (or a job name).
     """
     planned = _planned(job)
     if not planned.job.check_frequency:
@@ -298,8 +299,7 @@ def check(job: str):
         return
     last = client_state(host).last_checks.get(job)
     period = frequency_seconds(planned.job.check_frequency)
-    forced = str(host.data.get("backup_force_check", "")).lower() in ("true", "yes", "1")
-    if last and (_now() - last).total_seconds() < period and not forced:
+    if last and (_now() - last).total_seconds() < period and not _forced(job, "backup_force_check"):
         host.noop(f"{job}: checked {_ago(last)}, every {planned.job.check_frequency}")
         return
     forget(host)

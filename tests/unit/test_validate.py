@@ -228,15 +228,15 @@ MALFORMED = [
      "lockWait), did you mean jobs?"),
     (SEED | {"borgbackups": {}},
      "host01: borgbackups: unknown key (expected one of: borgbackup, system_state, config_repo, agenix, "
-     "monitoring, backup_force, recover_archive, recover_jobs, recover_target, recover_ref, "
+     "monitoring, backup_force, backup_force_check, recover_archive, recover_jobs, recover_target, recover_ref, "
      "recover_generation), did you mean borgbackup?"),
     (SEED | {"backup_forse": True},
      "host01: backup_forse: unknown key (expected one of: borgbackup, system_state, config_repo, agenix, "
-     "monitoring, backup_force, recover_archive, recover_jobs, recover_target, recover_ref, "
+     "monitoring, backup_force, backup_force_check, recover_archive, recover_jobs, recover_target, recover_ref, "
      "recover_generation), did you mean backup_force?"),
     (SEED | {"recover_archiv": "latest"},
      "host01: recover_archiv: unknown key (expected one of: borgbackup, system_state, config_repo, agenix, "
-     "monitoring, backup_force, recover_archive, recover_jobs, recover_target, recover_ref, "
+     "monitoring, backup_force, backup_force_check, recover_archive, recover_jobs, recover_target, recover_ref, "
      "recover_generation), did you mean recover_archive?"),
     ({"borgbackup": []}, "host01: borgbackup: expected a mapping, got []"),
     (job(doInit="true"), f"{J}.doInit: expected true or false, got 'true'"),
