@@ -1,0 +1,23 @@
+"""Every NixOS host of inventory/example.py: the seed guide's `services.borgbackup.jobs.system`.
+
+The same attrset a NixOS configuration would hold, as JSON (`nix eval --json
+.#nixosConfigurations.desktop.config.services.borgbackup.jobs` gives it), except the
+repo: `borg@backup-server:.` enrolls the host on the fleet's repo server.
+"""
+
+borgbackup = {
+    "jobs": {
+        "system": {
+            "paths": ["/home", "/var/lib", "/etc/nixos"],
+            "exclude": ["/home/*/.cache", "/var/lib/docker"],
+            "repo": "borg@backup-server:.",
+            "encryption": {"mode": "repokey-blake2", "passCommand": "cat /run/agenix/borg-passphrase"},
+            "compression": "auto,lzma",
+            "startAt": "daily",
+            "prune": {"keep": {"daily": 7, "weekly": 4, "monthly": 6}},
+            "checks": {"frequency": "30d"},
+        },
+    },
+    # The operator's private key on the machine running pyinfra: prune and compact use it.
+    "operatorIdentity": "~/.ssh/id_ed25519",
+}
