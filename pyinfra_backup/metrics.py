@@ -1,0 +1,313 @@
+"""Prometheus metrics of a host's borg jobs, as a node_exporter textfile (pure: no I/O).
+
+    text = render_textfile("host01", {"system": job_metrics_from_records(...)})
+
+The file goes to `monitoring.textfile_dir` as `borg_backup.prom` (`TEXTFILE_NAME`), written
+atomically: write `.borg_backup.prom.<pid>` in the same directory, then rename it (node_exporter
+reads only `*.prom`, so it never sees a half-written file). One file per host holds every job.
+
+Metrics (gauges; labels `host` = inventory name, `job` = `borgbackup.jobs.<job>`; a metric whose
+value is unknown is left out, never written as 0): see `METRICS`.
+
+Records kept per job on the host (JSON files, written by the backup run; all optional)
+--------------------------------------------------------------------------------------
+
+`last-create.json`: written after each successful `borg create` (rc 0, or rc 1 when
+`failOnWarnings` is false): `borg create --json` stdout as borg prints it, plus our keys::
+
+    {"archive": {"name": str, "start": "2024-01-02T03:04:05.000000",   # borg's, naive, TZ=UTC
+                 "end": str, "duration": float,
+                 "stats": {"original_size": int, "compressed_size": int,
+                           "deduplicated_size": int, "nfiles": int}},
+     "cache": {"stats": {"unique_csize": int, ...}},                 # the repo's stored bytes
+     "repository": {...}, "encryption": {...},
+     "started_at": float, "finished_at": float}                    # ours: unix seconds
+
+`last-attempt.json`: written after every create attempt, success or failure (`AttemptRecord`)::
+
+    {"started_at": float, "finished_at": float, "rc": int, "success": bool}
+
+`last-check.json`: written after every `borg check` attempt: the same `AttemptRecord` shape.
+The existing `checks/<job>` stamp (unix seconds of the last successful check) is accepted instead
+(`check_stamp=`) when there is no `last-check.json`.
+
+Not on the host, given by the caller: the number of the job's archives (from the listing after
+create and prune), the job's `startAt`, and the repo's `quota` (`borgbackup.repos.<client>.quota`
+on the server, borg's `--storage-quota` syntax).
+
+Where each value comes from
+---------------------------
+
+- last_success: `finished_at` of last-create.json (else borg's `archive.end`, read as UTC);
+- last_attempt / last_attempt_success: last-attempt.json `finished_at` (else `started_at`) and
+  `success` (else `rc == 0`);
+- duration: borg's `archive.duration` (else `finished_at - started_at`);
+- original / compressed / deduplicated bytes: `archive.stats` of the last archive;
+- repo used: `cache.stats.unique_csize` (compressed, deduplicated size of all archives as the
+  client's borg cache counts it; borg's quota also counts segment overhead and not-yet-compacted
+  data, so the real use is a little higher);
+- due: the first calendar event of `startAt` after the last archive's `archive.start` (the time
+  `facts.borg.BackupFreshness` compares), i.e. when the job stops being "fresh";
+- schedule period: the seconds from that event to the next one, so that
+  `time() >= due + period` is exactly the fact's "stale" (no archive since the event before the
+  last one). For a regular schedule it is the schedule's period (hourly: 3600).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
+from datetime import datetime, timezone
+from typing import TypedDict
+
+from pyinfra_backup.schedule import Schedule
+
+TEXTFILE_NAME = "borg_backup.prom"
+LABELS = ("host", "job")
+
+
+class AttemptRecord(TypedDict, total=False):
+    """last-attempt.json / last-check.json."""
+
+    started_at: float  # unix seconds
+    finished_at: float  # unix seconds
+    rc: int  # borg's exit status
+    success: bool  # the run counted as a success (rc 0, or rc 1 with failOnWarnings false)
+
+
+def attempt_record(started_at: float, finished_at: float, rc: int, success: bool | None = None) -> AttemptRecord:
+    """The record to store after a create or check attempt (`success` defaults to rc == 0)."""
+    return {"started_at": float(started_at), "finished_at": float(finished_at), "rc": int(rc),
+            "success": rc == 0 if success is None else bool(success)}
+
+
+@dataclass(frozen=True)
+class JobMetrics:
+    """One job's values; None leaves the metric out. Timestamps are unix seconds."""
+
+    last_success: float | None = None
+    last_attempt: float | None = None
+    last_attempt_success: bool | None = None
+    duration: float | None = None
+    original_bytes: int | None = None
+    compressed_bytes: int | None = None
+    deduplicated_bytes: int | None = None
+    archives: int | None = None
+    last_check: float | None = None
+    last_check_success: bool | None = None
+    repo_quota_bytes: int | None = None
+    repo_used_bytes: int | None = None
+    due: float | None = None
+    schedule_period: float | None = None
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    field: str  # JobMetrics attribute
+    help: str
+    type: str = "gauge"
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric("borg_backup_last_success_timestamp_seconds", "last_success",
+           "Unix time the last successful borg create of the job finished."),
+    Metric("borg_backup_last_attempt_timestamp_seconds", "last_attempt",
+           "Unix time the last borg create attempt of the job finished, successful or not."),
+    Metric("borg_backup_last_attempt_success", "last_attempt_success",
+           "1 if the last borg create attempt of the job succeeded, 0 if it failed."),
+    Metric("borg_backup_duration_seconds", "duration",
+           "Duration of the last successful borg create of the job."),
+    Metric("borg_backup_original_bytes", "original_bytes",
+           "Original size of the job's last archive."),
+    Metric("borg_backup_compressed_bytes", "compressed_bytes",
+           "Compressed size of the job's last archive."),
+    Metric("borg_backup_deduplicated_bytes", "deduplicated_bytes",
+           "Deduplicated size of the job's last archive: what it added to the repo."),
+    Metric("borg_backup_archives", "archives",
+           "Number of the job's archives in its repo (checkpoints not counted)."),
+    Metric("borg_backup_last_check_timestamp_seconds", "last_check",
+           "Unix time the last borg check of the job's repo finished."),
+    Metric("borg_backup_last_check_success", "last_check_success",
+           "1 if the last borg check of the job's repo succeeded, 0 if it failed."),
+    Metric("borg_backup_repo_quota_bytes", "repo_quota_bytes",
+           "Storage quota of the job's repo (borg serve --storage-quota)."),
+    Metric("borg_backup_repo_used_bytes", "repo_used_bytes",
+           "Bytes stored in the job's repo (compressed and deduplicated, all archives)."),
+    Metric("borg_backup_due_timestamp_seconds", "due",
+           "Unix time of the first calendar event (startAt) after the job's last archive: it is due from then."),
+    Metric("borg_backup_schedule_period_seconds", "schedule_period",
+           "Seconds from the due event to the next calendar event: stale when time() >= due + period."),
+)
+METRIC_NAMES = frozenset(m.name for m in METRICS)
+assert {m.field for m in METRICS} == {f.name for f in fields(JobMetrics)}
+
+_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*$")
+
+
+def escape_label_value(value: str) -> str:
+    """Text format escaping of a label value: backslash, double quote, line feed."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def format_value(value: float | int | bool) -> str:
+    """A sample value as the text format writes it (Go's ParseFloat reads it back)."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    value = float(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if value.is_integer() and abs(value) < 2**53:
+        return str(int(value))
+    return repr(value)
+
+
+def render_textfile(host: str, jobs: Mapping[str, JobMetrics]) -> str:
+    """node_exporter textfile (Prometheus text format 0.0.4) of a host's jobs, jobs sorted by name.
+
+    A metric family appears (with its `# HELP` and `# TYPE`) only when at least one job has a value.
+    """
+    lines = []
+    for metric in METRICS:
+        samples = [(job, getattr(values, metric.field)) for job, values in sorted(jobs.items())]
+        samples = [(job, value) for job, value in samples if value is not None]
+        if not samples:
+            continue
+        lines.append(f"# HELP {metric.name} {_escape_help(metric.help)}")
+        lines.append(f"# TYPE {metric.name} {metric.type}")
+        for job, value in samples:
+            labels = f'host="{escape_label_value(host)}",job="{escape_label_value(job)}"'
+            lines.append(f"{metric.name}{{{labels}}} {format_value(value)}")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+# ----------------------------------------------------------------------------- from records
+
+_QUOTA = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGTPEZY]?)\s*", re.I)
+_QUOTA_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+                "Z": 10**21, "Y": 10**24}
+
+
+def parse_quota(quota: str | int | None) -> int | None:
+    """`borg serve --storage-quota` syntax in bytes: decimal units as borg's parse_file_size
+    (`100G` = 100 * 10**9). None, "" and 0 mean no quota."""
+    if quota is None or quota == "":
+        return None
+    if isinstance(quota, int):
+        return quota or None
+    match = _QUOTA.fullmatch(quota)
+    if not match:
+        raise ValueError(f"not a borg storage quota: {quota!r} (expected e.g. 500M, 100G, 2T)")
+    size = int(float(match.group(1)) * _QUOTA_UNITS[match.group(2).upper()])
+    return size or None
+
+
+def _unix(value) -> float | None:
+    """Unix seconds from a number, an aware datetime, or borg's naive ISO time (UTC, TZ=UTC)."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value.timestamp()
+    raise TypeError(f"not a time: {value!r}")
+
+
+def _int(value) -> int | None:
+    return None if value is None or isinstance(value, bool) else int(value)
+
+
+def _attempt(record: Mapping | None) -> tuple[float | None, bool | None]:
+    if not record:
+        return None, None
+    when = _unix(record.get("finished_at", record.get("started_at")))
+    success = record.get("success")
+    if success is None and record.get("rc") is not None:
+        success = record["rc"] == 0
+    return when, None if success is None else bool(success)
+
+
+def schedule_times(start_at: str | Iterable[str], last_archive: datetime) -> tuple[float | None, float | None]:
+    """(due, period) in unix seconds / seconds for a job whose newest archive started at `last_archive`."""
+    schedule = Schedule.parse(start_at)
+    due = schedule.next(last_archive)
+    if due is None:
+        return None, None
+    after = schedule.next(due)
+    return due.timestamp(), (after - due).total_seconds() if after else None
+
+
+def job_metrics_from_records(
+    last_create: Mapping | None = None,
+    last_attempt: Mapping | None = None,
+    last_check: Mapping | None = None,
+    *,
+    check_stamp: float | None = None,
+    archives: int | None = None,
+    start_at: str | Iterable[str] | None = None,
+    quota: str | int | None = None,
+) -> JobMetrics:
+    """One job's metrics from its records (module docstring) and what the caller knows.
+
+    `last_create`: last-create.json; `last_attempt`: last-attempt.json; `last_check`:
+    last-check.json, else `check_stamp` (checks/<job>: a successful check at that time);
+    `archives`: the job's archive count; `start_at`: its `startAt` (due and period need it and
+    last_create); `quota`: its repo's quota ("100G" or bytes).
+    """
+    create = last_create or {}
+    archive = create.get("archive") or {}
+    stats = archive.get("stats") or {}
+    cache_stats = (create.get("cache") or {}).get("stats") or {}
+
+    last_success = _unix(create.get("finished_at"))
+    if last_success is None:
+        last_success = _unix(archive.get("end"))
+    duration = archive.get("duration")
+    if duration is None and create.get("started_at") is not None and create.get("finished_at") is not None:
+        duration = float(create["finished_at"]) - float(create["started_at"])
+
+    attempt_time, attempt_success = _attempt(last_attempt)
+    if attempt_time is None and last_success is not None:
+        attempt_time, attempt_success = last_success, True  # no attempt record: the success was the last
+    elif attempt_time is not None and last_success is not None and last_success > attempt_time:
+        attempt_time, attempt_success = last_success, True  # an attempt record older than the success
+
+    check_time, check_success = _attempt(last_check)
+    if check_time is None and check_stamp is not None:
+        check_time, check_success = float(check_stamp), True
+
+    due = period = None
+    archive_start = archive.get("start") or create.get("started_at")
+    if start_at is not None and archive_start is not None:
+        due, period = schedule_times(start_at, datetime.fromtimestamp(_unix(archive_start), timezone.utc))
+
+    return JobMetrics(
+        last_success=last_success,
+        last_attempt=attempt_time,
+        last_attempt_success=attempt_success,
+        duration=None if duration is None else float(duration),
+        original_bytes=_int(stats.get("original_size")),
+        compressed_bytes=_int(stats.get("compressed_size")),
+        deduplicated_bytes=_int(stats.get("deduplicated_size")),
+        archives=_int(archives),
+        last_check=check_time,
+        last_check_success=check_success,
+        repo_quota_bytes=parse_quota(quota),
+        repo_used_bytes=_int(cache_stats.get("unique_csize")),
+        due=due,
+        schedule_period=period,
+    )
