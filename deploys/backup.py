@@ -29,9 +29,13 @@ if host.name in fleet_servers(inventory):
 if enrolled:
     borg.pin_server_keys(name="Pin repo server host keys")
 
+# One job's failure does not stop the host's other jobs: each step records its outcome on the
+# host, and `outcome` fails the host at the end, naming every failed job and why.
 for planned in plan:
     job = planned.job.name
-    borg.init(job=job, name=f"borg init {job}")
-    borg.create(job=job, name=f"borg create {job}")
-    borg.prune(job=job, name=f"borg prune + compact {job}")
-    borg.check(job=job, name=f"borg check {job}")
+    borg.init(job=job, name=f"borg init {job}", _ignore_errors=True)
+    borg.create(job=job, name=f"borg create {job}", _ignore_errors=True)
+    borg.prune(job=job, name=f"borg prune + compact {job}", _ignore_errors=True)
+    borg.check(job=job, name=f"borg check {job}", _ignore_errors=True)
+if plan:
+    borg.outcome(name="Backup outcome")

@@ -19,9 +19,10 @@ from pyinfra import context
 from pyinfra.api import FactBase
 
 from pyinfra_backup.borg import (
-    BACKUP_KEY, CHECKS_DIR, KNOWN_HOSTS, STATE_DIR, RepoListing, borg_env, list_argv, parse_list,
+    BACKUP_KEY, KNOWN_HOSTS, STATE_DIR, RepoListing, borg_env, list_argv, parse_list,
 )
 from pyinfra_backup.enrollment import PlannedJob, Server, plan_jobs
+from pyinfra_backup.records import JobRecords, parse_records, read_sections
 from pyinfra_backup.schedule import Schedule
 from pyinfra_backup.shell import parse_sections, sectioned_script, sh_join, with_env
 
@@ -48,7 +49,8 @@ class ClientState:
     key: str | None
     known_hosts: str
     listings: dict[str, RepoListing] = field(default_factory=dict)
-    last_checks: dict[str, datetime] = field(default_factory=dict)
+    records: dict[str, JobRecords] = field(default_factory=dict)
+    textfile: str | None = None  # the metrics textfile's content, when monitoring.textfile_dir is set
 
 
 def _listing_command(planned: PlannedJob) -> str:
@@ -60,19 +62,23 @@ def _listing_command(planned: PlannedJob) -> str:
 
 class BorgClient(FactBase):
     """A backup client: hostname, backup key, pinned server keys, each job's repo listing and
-    last check. Example: `host.get_fact(BorgClient, plan=host_plan(host, inventory))`."""
+    records (pyinfra_backup/records.py), and the metrics textfile.
+    Example: `host.get_fact(BorgClient, plan=host_plan(host, inventory), textfile=None)`."""
 
-    def command(self, plan: list[PlannedJob]) -> str:
+    def command(self, plan: list[PlannedJob], textfile: str | None = None) -> str:
         self.plan = plan
         sections = {
             "hostname": "uname -n",
             "key": f"test -f {BACKUP_KEY} && cat {BACKUP_KEY}.pub",
             "known_hosts": f"cat {KNOWN_HOSTS}",
         }
+        if textfile:
+            sections["textfile"] = f"cat {sh_join([textfile])}"
         for planned in plan:
             name = planned.job.name
             sections[f"list.{name}"] = _listing_command(planned)
-            sections[f"check.{name}"] = f"cat {CHECKS_DIR}/{name}"
+            for key, command in read_sections(name).items():
+                sections[f"{key}.{name}"] = command
         return sectioned_script(sections)
 
     def process(self, output) -> ClientState:
@@ -90,9 +96,12 @@ class BorgClient(FactBase):
                 state.listings[name] = RepoListing(exists=False)  # not enrolled yet
             else:
                 state.listings[name] = parse_list(listing.text, listing.rc, listing.error)
-            check = sections[f"check.{name}"]
-            if check.ok and check.text.strip().isdigit():
-                state.last_checks[name] = datetime.fromtimestamp(int(check.text.strip()), timezone.utc)
+            state.records[name] = parse_records({
+                key: sections[f"{key}.{name}"].text if sections[f"{key}.{name}"].ok else None
+                for key in read_sections(name)
+            })
+        if "textfile" in sections and sections["textfile"].ok:
+            state.textfile = sections["textfile"].text + "\n"
         return state
 
 
@@ -105,6 +114,8 @@ def freshness(planned: PlannedJob, state: ClientState, now: datetime) -> dict:
         status = "error"
     else:
         status = Schedule.parse(list(job.start_at)).due_state(last.time if last else None, now)
+    created = (state.records[job.name].create or {}).get("archive", {})
+    stats = created.get("stats", {}) if last and created.get("name") == last.name else {}
     return {
         "repo": job.repo,
         "last_archive": last.name if last else None,
@@ -113,6 +124,8 @@ def freshness(planned: PlannedJob, state: ClientState, now: datetime) -> dict:
         "due": status in ("due", "stale", "missing"),
         "status": status,
         "error": listing.error,
+        "original_size": stats.get("original_size"),
+        "deduplicated_size": stats.get("deduplicated_size"),
     }
 
 
@@ -185,8 +198,15 @@ def client_state(host) -> ClientState:
     """This run's view of a backup client, read once until `forget(host)`."""
     cache = _cache(host)
     if "client" not in cache:
-        cache["client"] = host.get_fact(BorgClient, plan=host_plan(host, context.state.inventory))
+        plan = host_plan(host, context.state.inventory)
+        cache["client"] = host.get_fact(BorgClient, plan=plan, textfile=textfile_path(host))
     return cache["client"]
+
+
+def textfile_path(host) -> str | None:
+    """Where the host's node_exporter textfile goes (`monitoring.textfile_dir`), if anywhere."""
+    directory = (host.data.get("monitoring") or {}).get("textfile_dir")
+    return f"{directory.rstrip('/')}/pyinfra_backup.prom" if directory else None
 
 
 def server_state(host, users: list[str], groups: list[str], paths: list[str]) -> ServerState:

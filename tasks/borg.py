@@ -14,6 +14,7 @@ import subprocess
 from datetime import datetime, timezone
 
 from pyinfra import host, inventory, logger
+from pyinfra import state as ctx_state
 from pyinfra.api import FunctionCommand, StringCommand
 from pyinfra.facts.files import Directory
 from pyinfra.facts.server import Home
@@ -24,15 +25,15 @@ from facts.borg import (
 )
 from tasks.common import HostError, host_operation
 from pyinfra_backup.borg import (
-    BACKUP_KEY, CHECKS_DIR, KNOWN_HOSTS, STATE_DIR, check_argv, compact_argv, create_argv,
-    extract_argv, borg_env, frequency_seconds, init_argv, prune_argv,
+    BACKUP_KEY, KNOWN_HOSTS, check_argv, compact_argv, create_argv,
+    extract_argv, borg_env, explain_error, frequency_seconds, init_argv, prune_argv,
 )
 from pyinfra_backup.enrollment import authorized_keys, operator_location, server_repos
 from pyinfra_backup.prune import to_prune
+from pyinfra_backup.records import check_command, create_command, record_attempt
 from pyinfra_backup.schedule import Schedule
 from pyinfra_backup.shell import atomic_write, sh_join, with_env
 
-JOBS_DIR = f"{STATE_DIR}/jobs"
 
 
 def _now() -> datetime:
@@ -67,10 +68,39 @@ def _forced(job: str, key: str = "backup_force") -> bool:
     return flag is True or (isinstance(flag, list) and job in flag)
 
 
+class JobError(HostError):
+    """One job failed: recorded on the host (last-attempt), its later steps are skipped, the
+    host's other jobs go on, and `outcome()` fails the host at the end of the run."""
+
+    def __init__(self, job: str, message: str):
+        super().__init__(f"{host.name}: job {job}: {message}")
+        self.job = job
+        _failed_jobs().add(job)
+
+    def record(self) -> list[str]:
+        return [record_attempt(self.job, 2, str(self))]
+
+
+def _failed_jobs() -> set[str]:
+    """Jobs of this host that failed in this run (kept on the host object for the run)."""
+    if not hasattr(host, "_pyinfra_backup_failed_jobs"):
+        host._pyinfra_backup_failed_jobs = set()
+    return host._pyinfra_backup_failed_jobs
+
+
+def _job(job: str):
+    """The planned job, or None (with a noop saying why) when it failed earlier in this run."""
+    planned = _planned(job)
+    if job in _failed_jobs():
+        host.noop(f"{job}: skipped, the job failed earlier in this run")
+        return None
+    return planned
+
+
 def _readable_listing(job: str):
     listing = client_state(host).listings[job]
     if listing.error:
-        raise HostError(f"{host.name}: job {job}: cannot read repo: {listing.error}")
+        raise JobError(job, f"cannot read repo: {listing.error}")
     return listing
 
 
@@ -175,20 +205,18 @@ def init(job: str):
 
     Example: `init(job="system")`.
     """
-    planned = _planned(job)
+    planned = _job(job)
+    if planned is None:
+        return
     listing = _readable_listing(job)
     if listing.exists:
         host.noop(f"{job}: repo exists ({listing.encryption}, id {listing.repo_id[:12]})")
         return
     if not planned.job.do_init:
-        raise HostError(f"{host.name}: job {job}: repo {planned.job.repo} does not exist and doInit is false")
+        raise JobError(job, f"repo {planned.job.repo} does not exist and doInit is false")
     forget(host)
     env = borg_env(planned.job, planned.location)
     yield with_env(env, init_argv(planned.job, planned.location))
-
-
-def _job_file(job: str, name: str) -> str:
-    return f"{JOBS_DIR}/{job}/{name}"
 
 
 @host_operation
@@ -197,7 +225,9 @@ def create(job: str):
 
     Example: `create(job="system")`; force with `pyinfra ... --data backup_force=system`.
     """
-    planned = _planned(job)
+    planned = _job(job)
+    if planned is None:
+        return
     hostname = client_state(host).hostname
     listing = _readable_listing(job)
     archives = listing.job_archives(planned.job.base_name(hostname)) if listing.exists else []
@@ -215,9 +245,7 @@ def create(job: str):
     forget(host)
     argv = create_argv(planned.job, planned.job.base_name(hostname), planned.location.url, _lock_wait())
     run = with_env(borg_env(planned.job, planned.location), argv)
-    stats = _job_file(job, "last-create.json")
-    accept = "" if planned.job.fail_on_warnings else "; _rc=$?; [ $_rc -le 1 ]"
-    yield f"mkdir -p {os.path.dirname(stats)} && cd / && {{ {run} > {stats}.tmp{accept}; }} && mv -f {stats}.tmp {stats}"
+    yield create_command(job, run, accept_warnings=not planned.job.fail_on_warnings)
 
 
 def _run_operator_borg(state, host, planned, argvs: list[list[str]]) -> bool:  # noqa: F811 (pyinfra passes `host`)
@@ -264,7 +292,9 @@ def prune(job: str):
 
     Example: `prune(job="system")`.
     """
-    planned = _planned(job)
+    planned = _job(job)
+    if planned is None:
+        return
     if not planned.job.keep:
         host.noop(f"{job}: no prune.keep")
         return
@@ -293,20 +323,44 @@ def check(job: str):
 
     Example: `check(job="system")`; force with `--data backup_force_check=true` (or a job name).
     """
-    planned = _planned(job)
+    planned = _job(job)
+    if planned is None:
+        return
     if not planned.job.check_frequency:
         host.noop(f"{job}: no checks.frequency")
         return
-    last = client_state(host).last_checks.get(job)
+    last = client_state(host).records[job].check_ok
     period = frequency_seconds(planned.job.check_frequency)
     if last and (_now() - last).total_seconds() < period and not _forced(job, "backup_force_check"):
         host.noop(f"{job}: checked {_ago(last)}, every {planned.job.check_frequency}")
         return
     forget(host)
-    env = borg_env(planned.job, planned.location)
-    stamp = f"{CHECKS_DIR}/{job}"
-    run = with_env(env, check_argv(planned.job, planned.location.url, _lock_wait()))
-    yield f"{run} && mkdir -p {CHECKS_DIR} && date -u +%s > {stamp}.tmp && mv -f {stamp}.tmp {stamp}"
+    run = with_env(borg_env(planned.job, planned.location), check_argv(planned.job, planned.location.url, _lock_wait()))
+    yield check_command(job, run)
+
+
+@host_operation
+def outcome():
+    """The end of a host's backup run: fails the host when any of its job steps failed in this
+    run (they are called with `_ignore_errors` so that one job's failure does not stop the
+    others), naming each failed job and why, from the records on the host.
+
+    Example: `outcome()` after every job's steps.
+    """
+    results = ctx_state.get_results_for_host(host)
+    if not results.ignored_error_ops and not _failed_jobs():
+        host.noop("every job step succeeded or had nothing to do")
+        return
+    records = client_state(host).records
+    reasons = []
+    for job, record in sorted(records.items()):
+        if record.attempt and not record.attempt.ok:
+            last_line = (record.attempt.error.splitlines() or [f"exit status {record.attempt.rc}"])[-1]
+            ours = last_line.startswith(f"{host.name}: ")  # a JobError's own message
+            reasons.append(last_line[len(host.name) + 2:] if ours else f"job {job}: {explain_error(last_line)}")
+        if record.check and not record.check.ok:
+            reasons.append(f"job {job}: borg check failed (exit status {record.check.rc})")
+    raise HostError(f"{host.name}: " + ("; ".join(reasons) or "a backup step failed (see above)"))
 
 
 @host_operation

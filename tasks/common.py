@@ -23,6 +23,10 @@ from pyinfra.api import FunctionCommand, operation
 class HostError(Exception):
     """This host cannot go on: the message says which host, which key or job, and why."""
 
+    def record(self) -> list[str]:
+        """Commands that record the failure on the host before it fails (none by default)."""
+        return []
+
 
 def _fail(message: str) -> FunctionCommand:
     def report(state, host) -> bool:
@@ -38,8 +42,9 @@ def host_operation(func):
     @functools.wraps(func)
     def body(*args, **kwargs):
         try:
-            yield from func(*args, **kwargs)
+            yield from func(*args, **kwargs) or ()  # an operation that never yields returns None
         except HostError as error:
+            yield from error.record()
             yield _fail(str(error))
 
     return operation()(body)

@@ -123,7 +123,7 @@ def test_forced_run_stores_a_changed_file_and_prunes_with_the_operator_key(setup
 
 
 def test_check_ran_once_and_is_remembered(setup):
-    stamp = setup["fleet"].run("host02", "cat /var/lib/pyinfra-backup/checks/system").stdout.strip()
+    stamp = setup["fleet"].run("host02", "cat /var/lib/pyinfra-backup/jobs/system/last-check-ok").stdout.strip()
     assert abs(int(stamp) - time.time()) < 600
 
 

@@ -111,3 +111,26 @@ def test_prune_prefix_default_keeps_to_the_job_and_a_custom_one_is_honoured():
     assert "h-s-[0-9]" in prune_argv(default, "h-s", "R")[3]
     custom = Job.from_data("s", {**SEED, "prune": {"keep": {"daily": 1}, "prefix": "legacy-"}})
     assert prune_argv(custom, "h-s", "R")[2:4] == ["--glob-archives", "legacy-*"]
+
+
+def test_create_command_records_success_and_failure(tmp_path, monkeypatch):
+    import subprocess
+
+    from pyinfra_backup import records
+
+    monkeypatch.setattr(records, "JOBS_DIR", str(tmp_path))
+    ok = records.create_command("sys", 'echo \'{"archive": {"name": "a"}}\'', accept_warnings=False)
+    assert subprocess.run(["sh", "-c", ok]).returncode == 0
+    texts = {key: (tmp_path / "sys" / name).read_text() for key, name in records.FILES.items() if (tmp_path / "sys" / name).exists()}
+    parsed = records.parse_records(texts)
+    assert parsed.create == {"archive": {"name": "a"}} and parsed.attempt.ok
+
+    warn = records.create_command("sys", "sh -c \"echo '{}'; echo 'file changed' >&2; exit 1\"", accept_warnings=True)
+    assert subprocess.run(["sh", "-c", warn]).returncode == 0  # failOnWarnings false: a warning is a success
+    assert records.parse_attempt((tmp_path / "sys" / "last-attempt").read_text()).ok
+
+    failing = records.create_command("sys", "sh -c \"echo 'Failed to create/acquire the lock x (timeout).' >&2; exit 2\"", False)
+    assert subprocess.run(["sh", "-c", failing], capture_output=True).returncode == 2
+    attempt = records.parse_attempt((tmp_path / "sys" / "last-attempt").read_text())
+    assert attempt.rc == 2 and "acquire the lock" in attempt.error
+    assert records.parse_records({"create": (tmp_path / "sys" / "last-create.json").read_text()}).create == {}  # a failure keeps the last good record

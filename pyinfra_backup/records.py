@@ -1,0 +1,111 @@
+"""What a host remembers of its jobs, in `/var/lib/pyinfra-backup/jobs/<job>/`.
+
+    last-create.json   `borg create --json` of the last successful create
+    last-attempt       `<unix time> <exit status>` of the last create (or job failure), then error lines
+    last-check         `<unix time> <exit status>` of the last `borg check`
+    last-check-ok      `<unix time>` of the last successful `borg check`
+
+Commands here write them (atomically, from the host's own clock); `read_sections`
+and `parse_records` read them back inside the host's one-round-trip fact. These
+records feed the run's outcome, the metrics textfile and the freshness report.
+
+>>> parse_attempt("1764244800 2\\nthe repo is locked").error
+'the repo is locked'
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from pyinfra_backup.borg import STATE_DIR
+from pyinfra_backup.shell import sh_join
+
+JOBS_DIR = f"{STATE_DIR}/jobs"
+FILES = {"create": "last-create.json", "attempt": "last-attempt", "check": "last-check", "checkok": "last-check-ok"}
+
+
+def job_dir(job: str) -> str:
+    return f"{JOBS_DIR}/{job}"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    time: datetime
+    rc: int
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+
+@dataclass(frozen=True)
+class JobRecords:
+    create: dict | None = None
+    attempt: Attempt | None = None
+    check: Attempt | None = None
+    check_ok: datetime | None = None
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromtimestamp(int(text), timezone.utc)
+
+
+def parse_attempt(text: str) -> Attempt | None:
+    lines = text.strip().splitlines()
+    words = lines[0].split() if lines else []
+    if len(words) != 2 or not all(w.lstrip("-").isdigit() for w in words):
+        return None
+    return Attempt(_time(words[0]), int(words[1]), "\n".join(lines[1:]).strip())
+
+
+def read_sections(job: str) -> dict[str, str]:
+    """Section name suffix -> command, for `sectioned_script` (absent files: a failed section)."""
+    return {key: f"cat {sh_join([f'{job_dir(job)}/{name}'])}" for key, name in FILES.items()}
+
+
+def parse_records(texts: dict[str, str | None]) -> JobRecords:
+    """`texts` maps the keys of `read_sections` to a file's content, None when absent."""
+    create = texts.get("create")
+    check_ok = (texts.get("checkok") or "").strip()
+    return JobRecords(
+        create=json.loads(create) if create and create.strip() else None,
+        attempt=parse_attempt(texts.get("attempt") or ""),
+        check=parse_attempt(texts.get("check") or ""),
+        check_ok=_time(check_ok) if check_ok.isdigit() else None,
+    )
+
+
+def record_attempt(job: str, rc: int, message: str) -> str:
+    """A command recording a failed (or successful) attempt of the job, with its reason."""
+    path = f"{job_dir(job)}/{FILES['attempt']}"
+    return (
+        f"mkdir -p {sh_join([job_dir(job)])} && "
+        f"printf '%s %s\\n%s\\n' \"$(date +%s)\" {rc} {sh_join([message])} > {sh_join([path + '.tmp'])} && "
+        f"mv -f {sh_join([path + '.tmp', path])}"
+    )
+
+
+def create_command(job: str, borg_create: str, accept_warnings: bool) -> str:
+    """Run `borg create --json` and record its outcome either way; exits with borg's status
+    (a warning, rc 1, counts as success when `accept_warnings`)."""
+    d = sh_join([job_dir(job)])
+    limit = 1 if accept_warnings else 0
+    return (
+        f"mkdir -p {d} && cd / && {{ {borg_create} > {d}/last-create.json.tmp 2> {d}/create.log; _rc=$?; }}; "
+        f"if [ $_rc -le {limit} ]; then mv -f {d}/last-create.json.tmp {d}/last-create.json && "
+        f"echo \"$(date +%s) 0\" > {d}/last-attempt; "
+        f"else {{ echo \"$(date +%s) $_rc\"; tail -n 3 {d}/create.log; }} > {d}/last-attempt; "
+        f"tail -n 3 {d}/create.log >&2; rm -f {d}/last-create.json.tmp; exit $_rc; fi"
+    )
+
+
+def check_command(job: str, borg_check: str) -> str:
+    """Run `borg check` and record when it ran, with what result, and when it last passed."""
+    d = sh_join([job_dir(job)])
+    return (
+        f"mkdir -p {d} && {{ {borg_check}; _rc=$?; }}; echo \"$(date +%s) $_rc\" > {d}/last-check; "
+        f"if [ $_rc -eq 0 ]; then date +%s > {d}/last-check-ok; fi; exit $_rc"
+    )
