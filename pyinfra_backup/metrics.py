@@ -9,43 +9,42 @@ reads only `*.prom`, so it never sees a half-written file). One file per host ho
 Metrics (gauges; labels `host` = inventory name, `job` = `borgbackup.jobs.<job>`; a metric whose
 value is unknown is left out, never written as 0): see `METRICS`.
 
-Records kept per job on the host (JSON files, written by the backup run; all optional)
---------------------------------------------------------------------------------------
+Records kept per job on the host (`pyinfra_backup.records`, read by the client fact)
+-----------------------------------------------------------------------------------
 
-`last-create.json`: written after each successful `borg create` (rc 0, or rc 1 when
-`failOnWarnings` is false): `borg create --json` stdout as borg prints it, plus our keys::
+`job_metrics_from_records` takes a `records.JobRecords` (or anything with its four attributes):
 
-    {"archive": {"name": str, "start": "2024-01-02T03:04:05.000000",   # borg's, naive, TZ=UTC
-                 "end": str, "duration": float,
-                 "stats": {"original_size": int, "compressed_size": int,
-                           "deduplicated_size": int, "nfiles": int}},
-     "cache": {"stats": {"unique_csize": int, ...}},                 # the repo's stored bytes
-     "repository": {...}, "encryption": {...},
-     "started_at": float, "finished_at": float}                    # ours: unix seconds
+- `create`: `last-create.json`, the `borg create --json` output of the last successful create
+  (borg ran with TZ=UTC, so its naive `archive.start` / `archive.end` are UTC)::
 
-`last-attempt.json`: written after every create attempt, success or failure (`AttemptRecord`)::
+    {"archive": {"name", "start", "end", "duration",
+                 "stats": {"original_size", "compressed_size", "deduplicated_size", "nfiles"}},
+     "cache": {"stats": {"unique_csize", ...}}, "repository": {...}, "encryption": {...}}
 
-    {"started_at": float, "finished_at": float, "rc": int, "success": bool}
-
-`last-check.json`: written after every `borg check` attempt: the same `AttemptRecord` shape.
-The existing `checks/<job>` stamp (unix seconds of the last successful check) is accepted instead
-(`check_stamp=`) when there is no `last-check.json`.
+- `attempt`: `Attempt(time, rc, error)` of the last create attempt (`last-attempt`: `<unix time> <rc>`,
+  rc 0 also for a warning accepted by `failOnWarnings = false`);
+- `check`: `Attempt(time, rc, error)` of the last `borg check` (`last-check`);
+- `check_ok`: datetime of the last successful check (`last-check-ok`), used when `check` is absent.
 
 Not on the host, given by the caller: the number of the job's archives (from the listing after
 create and prune), the job's `startAt`, and the repo's `quota` (`borgbackup.repos.<client>.quota`
 on the server, borg's `--storage-quota` syntax).
 
+The textfile depends only on these (never on the time of rendering): a run that changes nothing
+renders the same bytes.
+
 Where each value comes from
 ---------------------------
 
-- last_success: `finished_at` of last-create.json (else borg's `archive.end`, read as UTC);
-- last_attempt / last_attempt_success: last-attempt.json `finished_at` (else `started_at`) and
-  `success` (else `rc == 0`);
-- duration: borg's `archive.duration` (else `finished_at - started_at`);
+- last_success: borg's `archive.end` of the create record;
+- last_attempt / last_attempt_success: the attempt record's time and `rc == 0`; without one, the
+  create record's success (and a create record newer than the attempt wins);
+- duration: borg's `archive.duration`;
 - original / compressed / deduplicated bytes: `archive.stats` of the last archive;
 - repo used: `cache.stats.unique_csize` (compressed, deduplicated size of all archives as the
   client's borg cache counts it; borg's quota also counts segment overhead and not-yet-compacted
   data, so the real use is a little higher);
+- last_check / last_check_success: the check record's time and `rc == 0`, else `check_ok` (a success);
 - due: the first calendar event of `startAt` after the last archive's `archive.start` (the time
   `facts.borg.BackupFreshness` compares), i.e. when the job stops being "fresh";
 - schedule period: the seconds from that event to the next one, so that
@@ -60,27 +59,12 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
-from typing import TypedDict
+from typing import Any
 
 from pyinfra_backup.schedule import Schedule
 
 TEXTFILE_NAME = "borg_backup.prom"
 LABELS = ("host", "job")
-
-
-class AttemptRecord(TypedDict, total=False):
-    """last-attempt.json / last-check.json."""
-
-    started_at: float  # unix seconds
-    finished_at: float  # unix seconds
-    rc: int  # borg's exit status
-    success: bool  # the run counted as a success (rc 0, or rc 1 with failOnWarnings false)
-
-
-def attempt_record(started_at: float, finished_at: float, rc: int, success: bool | None = None) -> AttemptRecord:
-    """The record to store after a create or check attempt (`success` defaults to rc == 0)."""
-    return {"started_at": float(started_at), "finished_at": float(finished_at), "rc": int(rc),
-            "success": rc == 0 if success is None else bool(success)}
 
 
 @dataclass(frozen=True)
@@ -231,14 +215,11 @@ def _int(value) -> int | None:
     return None if value is None or isinstance(value, bool) else int(value)
 
 
-def _attempt(record: Mapping | None) -> tuple[float | None, bool | None]:
-    if not record:
+def _attempt(attempt: Any) -> tuple[float | None, bool | None]:
+    """(unix time, success) of a `records.Attempt`, or (None, None)."""
+    if attempt is None:
         return None, None
-    when = _unix(record.get("finished_at", record.get("started_at")))
-    success = record.get("success")
-    if success is None and record.get("rc") is not None:
-        success = record["rc"] == 0
-    return when, None if success is None else bool(success)
+    return _unix(attempt.time), attempt.rc == 0
 
 
 def schedule_times(start_at: str | Iterable[str], last_archive: datetime) -> tuple[float | None, float | None]:
@@ -252,48 +233,34 @@ def schedule_times(start_at: str | Iterable[str], last_archive: datetime) -> tup
 
 
 def job_metrics_from_records(
-    last_create: Mapping | None = None,
-    last_attempt: Mapping | None = None,
-    last_check: Mapping | None = None,
+    records: Any = None,
     *,
-    check_stamp: float | None = None,
     archives: int | None = None,
     start_at: str | Iterable[str] | None = None,
     quota: str | int | None = None,
 ) -> JobMetrics:
-    """One job's metrics from its records (module docstring) and what the caller knows.
-
-    `last_create`: last-create.json; `last_attempt`: last-attempt.json; `last_check`:
-    last-check.json, else `check_stamp` (checks/<job>: a successful check at that time);
-    `archives`: the job's archive count; `start_at`: its `startAt` (due and period need it and
-    last_create); `quota`: its repo's quota ("100G" or bytes).
-    """
-    create = last_create or {}
+    """One job's metrics from its `records.JobRecords` (module docstring) and what the caller knows:
+    `archives`: the job's archive count; `start_at`: its `startAt` (due and period need it and a
+    create record); `quota`: its repo's quota ("100G" or bytes)."""
+    create = getattr(records, "create", None) or {}
     archive = create.get("archive") or {}
     stats = archive.get("stats") or {}
     cache_stats = (create.get("cache") or {}).get("stats") or {}
-
-    last_success = _unix(create.get("finished_at"))
-    if last_success is None:
-        last_success = _unix(archive.get("end"))
+    last_success = _unix(archive.get("end") or archive.get("start"))
     duration = archive.get("duration")
-    if duration is None and create.get("started_at") is not None and create.get("finished_at") is not None:
-        duration = float(create["finished_at"]) - float(create["started_at"])
 
-    attempt_time, attempt_success = _attempt(last_attempt)
-    if attempt_time is None and last_success is not None:
-        attempt_time, attempt_success = last_success, True  # no attempt record: the success was the last
-    elif attempt_time is not None and last_success is not None and last_success > attempt_time:
-        attempt_time, attempt_success = last_success, True  # an attempt record older than the success
+    attempt_time, attempt_success = _attempt(getattr(records, "attempt", None))
+    if last_success is not None and (attempt_time is None or last_success > attempt_time):
+        attempt_time, attempt_success = last_success, True  # the success is the newest we know of
 
-    check_time, check_success = _attempt(last_check)
-    if check_time is None and check_stamp is not None:
-        check_time, check_success = float(check_stamp), True
+    check_time, check_success = _attempt(getattr(records, "check", None))
+    check_ok = getattr(records, "check_ok", None)
+    if check_time is None and check_ok is not None:
+        check_time, check_success = _unix(check_ok), True
 
     due = period = None
-    archive_start = archive.get("start") or create.get("started_at")
-    if start_at is not None and archive_start is not None:
-        due, period = schedule_times(start_at, datetime.fromtimestamp(_unix(archive_start), timezone.utc))
+    if start_at is not None and archive.get("start"):
+        due, period = schedule_times(start_at, datetime.fromtimestamp(_unix(archive["start"]), timezone.utc))
 
     return JobMetrics(
         last_success=last_success,

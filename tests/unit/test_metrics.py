@@ -1,5 +1,6 @@
 """The node_exporter textfile of a host's borg jobs, read back with prometheus_client's parser."""
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -8,9 +9,10 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from pyinfra_backup.metrics import (
-    METRIC_NAMES, METRICS, TEXTFILE_NAME, JobMetrics, attempt_record, format_value, job_metrics_from_records,
-    parse_quota, render_textfile,
+    METRIC_NAMES, METRICS, TEXTFILE_NAME, JobMetrics, format_value, job_metrics_from_records, parse_quota,
+    render_textfile,
 )
+from pyinfra_backup.records import Attempt, JobRecords
 from pyinfra_backup.schedule import Schedule
 
 FULL = JobMetrics(
@@ -91,7 +93,7 @@ def test_values_are_exact():
     assert samples(text)[("borg_backup_original_bytes", "h", "j")] == float(2**60)
 
 
-CREATE = {  # borg 1.2 `create --json` (TZ=UTC) plus our fields
+CREATE = {  # borg 1.2 `create --json`, run with TZ=UTC
     "archive": {
         "name": "host01-system-2024-03-10T12:00:05", "start": "2024-03-10T12:00:05.000000",
         "end": "2024-03-10T12:00:17.250000", "duration": 12.25, "id": "ab" * 32,
@@ -100,20 +102,23 @@ CREATE = {  # borg 1.2 `create --json` (TZ=UTC) plus our fields
     "cache": {"stats": {"total_chunks": 3, "unique_csize": 667, "unique_size": 813}},
     "encryption": {"mode": "repokey-blake2"},
     "repository": {"id": "cd" * 32, "location": "/srv/repo"},
-    "started_at": datetime(2024, 3, 10, 12, 0, 5, tzinfo=UTC).timestamp(),
-    "finished_at": datetime(2024, 3, 10, 12, 0, 17, 500000, tzinfo=UTC).timestamp(),
 }
-T = lambda *a: datetime(*a, tzinfo=UTC).timestamp()  # noqa: E731
+
+
+def utc(*a):
+    return datetime(*a, tzinfo=UTC)
+
+
+def T(*a):
+    return utc(*a).timestamp()
 
 
 def test_job_metrics_from_a_successful_run():
-    m = job_metrics_from_records(
-        CREATE, attempt_record(CREATE["started_at"], CREATE["finished_at"], 0),
-        attempt_record(T(2024, 3, 1), T(2024, 3, 1, 0, 5), 0),
-        archives=4, start_at="hourly", quota="100G",
-    )
+    records = JobRecords(create=CREATE, attempt=Attempt(utc(2024, 3, 10, 12, 0, 17), 0),
+                         check=Attempt(utc(2024, 3, 1, 0, 5), 0), check_ok=utc(2024, 3, 1, 0, 5))
+    m = job_metrics_from_records(records, archives=4, start_at="hourly", quota="100G")
     assert m == JobMetrics(
-        last_success=T(2024, 3, 10, 12, 0, 17, 500000), last_attempt=T(2024, 3, 10, 12, 0, 17, 500000),
+        last_success=T(2024, 3, 10, 12, 0, 17, 250000), last_attempt=T(2024, 3, 10, 12, 0, 17, 250000),
         last_attempt_success=True, duration=12.25, original_bytes=568, compressed_bytes=487,
         deduplicated_bytes=480, archives=4, last_check=T(2024, 3, 1, 0, 5), last_check_success=True,
         repo_quota_bytes=100 * 10**9, repo_used_bytes=667, due=T(2024, 3, 10, 13), schedule_period=3600,
@@ -121,35 +126,40 @@ def test_job_metrics_from_a_successful_run():
 
 
 def test_a_failed_attempt_after_an_older_success():
-    failed = attempt_record(T(2024, 3, 11, 2), T(2024, 3, 11, 2, 0, 3), 2)
-    m = job_metrics_from_records(CREATE, failed, start_at="daily")
+    records = JobRecords(create=CREATE, attempt=Attempt(utc(2024, 3, 11, 2, 0, 3), 2, "the repo is locked"))
+    m = job_metrics_from_records(records, start_at="daily")
     assert (m.last_attempt, m.last_attempt_success) == (T(2024, 3, 11, 2, 0, 3), False)
-    assert m.last_success == CREATE["finished_at"]
+    assert m.last_success == T(2024, 3, 10, 12, 0, 17, 250000)
     assert (m.due, m.schedule_period) == (T(2024, 3, 11), 86400)
     text = render_textfile("host01", {"system": m})
     assert samples(text)[("borg_backup_last_attempt_success", "host01", "system")] == 0.0
 
 
-def test_warnings_count_as_success_when_the_writer_says_so():
-    assert job_metrics_from_records(last_attempt={"finished_at": 5, "rc": 1, "success": True}).last_attempt_success
-    assert job_metrics_from_records(last_attempt={"finished_at": 5, "rc": 1}).last_attempt_success is False
+def test_a_job_that_never_succeeded():
+    m = job_metrics_from_records(JobRecords(attempt=Attempt(utc(2024, 3, 11), 2)), archives=0, start_at="daily")
+    assert m == JobMetrics(last_attempt=T(2024, 3, 11), last_attempt_success=False, archives=0)
 
 
-def test_plain_borg_output_and_the_existing_check_stamp_are_enough():
-    bare = {k: v for k, v in CREATE.items() if k not in ("started_at", "finished_at")}
-    m = job_metrics_from_records(bare, check_stamp=1_700_000_000, start_at=["Mon..Fri 02:00"])
-    assert m.last_success == T(2024, 3, 10, 12, 0, 17, 250000)  # borg's archive.end, read as UTC
+def test_without_an_attempt_record_the_success_is_the_last_attempt_and_check_ok_the_last_check():
+    m = job_metrics_from_records(JobRecords(create=CREATE, check_ok=utc(2024, 2, 1)), start_at=["Mon..Fri 02:00"])
     assert (m.last_attempt, m.last_attempt_success) == (m.last_success, True)
-    assert (m.last_check, m.last_check_success) == (1_700_000_000, True)
+    assert (m.last_check, m.last_check_success) == (T(2024, 2, 1), True)
     assert (m.due, m.schedule_period) == (T(2024, 3, 11, 2), 86400)  # Sunday noon -> Monday 02:00 -> Tuesday
-    assert job_metrics_from_records(bare).due is None  # no startAt, no due
+    assert job_metrics_from_records(JobRecords(create=CREATE)).due is None  # no startAt, no due
 
 
 def test_a_failed_check_and_no_records_at_all():
-    m = job_metrics_from_records(last_check=attempt_record(10, 20, 1, success=False), check_stamp=5)
-    assert (m.last_check, m.last_check_success) == (20, False)
-    assert job_metrics_from_records() == JobMetrics()
-    assert job_metrics_from_records(start_at=[]) == JobMetrics()
+    m = job_metrics_from_records(JobRecords(check=Attempt(utc(2024, 3, 2), 1), check_ok=utc(2024, 3, 1)))
+    assert (m.last_check, m.last_check_success) == (T(2024, 3, 2), False)
+    assert job_metrics_from_records() == job_metrics_from_records(JobRecords()) == JobMetrics()
+    assert job_metrics_from_records(JobRecords(), start_at=[]) == JobMetrics()
+
+
+def test_rendering_does_not_depend_on_the_clock():
+    records = JobRecords(create=CREATE, attempt=Attempt(utc(2024, 3, 10, 12, 0, 17), 0))
+    first = render_textfile("h", {"j": job_metrics_from_records(records, archives=2, start_at="daily")})
+    time.sleep(0.01)
+    assert render_textfile("h", {"j": job_metrics_from_records(records, archives=2, start_at="daily")}) == first
 
 
 def test_quota_as_borg_reads_it():
@@ -177,7 +187,8 @@ def test_due_and_period_agree_with_the_freshness_fact(spec, archive, later):
     """time() < due: fresh; due <= time() < due + period: due; later: stale (Schedule.due_state)."""
     archive = archive.replace(microsecond=0)
     now = archive + later
-    m = job_metrics_from_records({"archive": {"start": archive.replace(tzinfo=None).isoformat()}}, start_at=spec)
+    create = {"archive": {"start": archive.replace(tzinfo=None).isoformat()}}
+    m = job_metrics_from_records(JobRecords(create=create), start_at=spec)
     t = now.timestamp()
     expected = "fresh" if t < m.due else "due" if t < m.due + m.schedule_period else "stale"
     assert Schedule.parse(spec).due_state(archive, now) == expected
