@@ -92,6 +92,27 @@ def test_first_run_enrolls_every_client_and_makes_one_archive_each(setup):
     assert setup["fleet"].host_key("backup") in pinned
 
 
+def test_repo_server_follows_the_data_keys_removed_from_it_leave_the_file(setup):
+    fleet = setup["fleet"]
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "legacy@test", "-f", str(setup["tmp"] / "legacy")], check=True)
+    legacy_key = (setup["tmp"] / "legacy.pub").read_text().strip()
+    with_legacy = {"borgbackup": {**setup["server_data"]["borgbackup"],
+                                  "repos": {"legacy": {"path": "/srv/legacy-repo", "authorizedKeys": [legacy_key], "quota": "5G"}}}}
+    host_data = {name: setup["client_data"] for name in CLIENTS}
+    inventory = fleet.write_inventory(setup["tmp"] / "inventory-legacy.py", {**host_data, "backup": with_legacy},
+                                      {"clients": CLIENTS, "servers": ["backup"]})
+    added = pyinfra(inventory, "deploys/backup_server.py", env=setup["env"])
+    assert added.returncode == 0, added.stdout
+    keys = fleet.run("backup", "cat /var/lib/borgbackup/.ssh/authorized_keys").stdout
+    assert f'command="cd /srv/legacy-repo && borg serve --restrict-to-repository . --storage-quota 5G",restrict {legacy_key}' in keys
+    assert fleet.run("backup", "stat -c '%U %a' /srv/legacy-repo").stdout.split() == ["borg", "700"]
+    removed = pyinfra(setup["inventory"], "deploys/backup_server.py", env=setup["env"])
+    assert removed.returncode == 0, removed.stdout
+    assert legacy_key not in fleet.run("backup", "cat /var/lib/borgbackup/.ssh/authorized_keys").stdout
+    again = pyinfra(setup["inventory"], "deploys/backup_server.py", env=setup["env"])
+    assert again.returncode == 0 and "] Success" not in again.stdout and "No changes" in again.stdout
+
+
 def test_rerun_changes_nothing_in_one_remote_command_per_host(setup):
     fleet = setup["fleet"]
     before = {name: fleet.exec_count(name) for name in [*CLIENTS, "backup"]}
