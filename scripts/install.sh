@@ -9,6 +9,7 @@ APT_PACKAGES=(
     age rclone nix-bin                         # secrets, offsite copies, secrets.nix evaluation
     postgresql podman                          # stateful data in the fleet tests
     prometheus-node-exporter                   # metrics scraping in the fleet tests
+    prometheus                                 # promtool: docs/monitoring alert rules checked and unit-tested
     git iproute2 util-linux procps psmisc      # the namespace test fleet
     python3 python3-venv systemd              # systemd-analyze: calendar specs checked against systemd
 )
