@@ -303,8 +303,8 @@ def _ssh_identity(source: str, path: Path, data: bytes) -> Identity:
     try:
         key = pyrage.ssh.Identity.from_buffer(data)
     except Exception as error:
-        hint = " (passphrase-protected keys cannot be used unattended: use an unencrypted copy or an age identity)" \
-            if "decrypted" in str(error) or b"bcrypt" in data else ""
+        hint = (" (passphrase-protected keys cannot be used unattended: use an unencrypted copy or an age identity)"
+                if "decrypted" in str(error) else "")
         raise IdentityError(f"{source}: cannot load the SSH private key: {error}{hint}") from None
     public = openssh_public_key(data)
     if public is None and path.with_name(path.name + ".pub").is_file():

@@ -12,6 +12,14 @@ headers, the manifest and the decryption are read in pyinfra's own process, and 
 leaves its memory. Another host is refused (HostError): decrypting there would put the identities on
 that host, and decrypting here would copy ciphertext back and forth for a checkout the operator
 pushes with git anyway (deploys/config_repo.py).
+
+Plugin identities and recipients (a YubiKey through age-plugin-yubikey: `AGE-PLUGIN-YUBIKEY-1...` lines in an
+identity file, `age1yubikey1...` in secrets.nix) go through pyrage's plugin support, which runs
+`age-plugin-<name>` from PATH as age does; the plugin's messages ("touch your YubiKey") go to stderr and a PIN
+is asked on /dev/tty, so a YubiKey with a PIN policy needs a terminal. This path is tested with a toy plugin
+(tests/integration/test_rekey_plugin.py), not with a YubiKey. Adding a backup YubiKey is one run: add its
+recipient to every secret in secrets.nix, then `deploys/rekey.py`; a plugin stanza says nothing of whom it is
+for, so the manifest (secrets/.rekey-manifest.json) records it: commit it with the secrets.
 """
 
 from __future__ import annotations

@@ -6,7 +6,6 @@ ssh-ed25519 key (a recipient only), and a "backup" X25519 identity standing for 
 
 from __future__ import annotations
 
-import os
 import secrets as random
 import signal
 import subprocess
@@ -124,7 +123,7 @@ def test_adding_a_recipient_rekeys_only_the_affected_files(repo):
     assert "3 to rekey, 1 unchanged" in dry.stdout
     assert repo.snapshot() == {**before, "secrets.nix": rules_text}  # --dry: nothing written
 
-    run = pyinfra(repo.inventory, "deploys/rekey.py")
+    run = pyinfra(repo.inventory, "deploys/rekey.py", "-vvv")  # every command and its output shown
     assert run.returncode == 0, run.stdout
     assert "rekeyed 3 secret(s)" in run.stdout
     after = repo.snapshot()

@@ -16,7 +16,6 @@ from pyinfra_backup.agenix import (
     KEEP, MISSING, REKEY, IdentityError, RekeyError, RulesError, Secret, decide, eval_command, evaluate_rules,
     load_identities, openssh_public_key, parse_rules, plan_rekey,
 )
-from pyinfra_backup.shell import sectioned_script
 
 
 @pytest.fixture(scope="module")
