@@ -26,9 +26,18 @@ BASE = "/var/lib/pbk-report"
 CLIENTS = ["host01", "host02", "host03", "host04", "host05"]
 
 
-def report(inventory, *args):
-    return subprocess.run([sys.executable, "-m", "pyinfra_backup.report", str(inventory), *args], cwd=PROJECT,
-                          capture_output=True, text=True, timeout=120)
+def start_report(inventory, *args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pyinfra_backup.report", str(inventory), *args], cwd=PROJECT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process: subprocess.Popen) -> subprocess.CompletedProcess:
+    stdout, stderr = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def report(inventory, *args) -> subprocess.CompletedProcess:
+    return finish(start_report(inventory, *args))
 
 
 def job(name, mode="none", start_at="daily", passphrase=None):
@@ -140,8 +149,23 @@ def test_json_lists_every_host_and_job_with_each_status_in_one_round_trip_per_ho
     assert jobs["host05", "rvault"]["last_archive"].startswith("host05-rvault-")
 
 
-def test_table_has_a_row_per_host_and_job(setup):
-    run = report(setup["inventory"])
+@pytest.fixture(scope="module")
+def runs(setup):
+    """The reports after the first (which counts remote commands alone), run at once to save time."""
+    with socket.socket() as s:  # a port on loopback that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ghost = {**setup["fleet"].connection_data("host01"), "ssh_hostname": "127.0.0.1", "ssh_port": port}
+    started = {
+        "table": start_report(setup["inventory"]),
+        "ok": start_report(write_inventory(setup, "ok.py", ["host01", "host02"]), "--json"),
+        "ghost": start_report(write_inventory(setup, "ghost.py", ["host05"], [("ghost", ghost)]), "--json"),
+    }
+    return {name: finish(process) for name, process in started.items()}
+
+
+def test_table_has_a_row_per_host_and_job(runs):
+    run = runs["table"]
     assert run.returncode == 1, run.stdout + run.stderr
     lines = run.stdout.splitlines()
     assert lines[0].split() == ["HOST", "JOB", "LAST", "ARCHIVE", "AGE", "STATUS", "SIZE", "(ORIG", "/", "DEDUP)"]
@@ -156,20 +180,14 @@ def test_table_has_a_row_per_host_and_job(setup):
     assert lines[-1] == "6 hosts, 6 jobs: 2 fresh, 1 due, 1 stale, 1 missing, 1 error: NOT OK"
 
 
-def test_exit_zero_when_nothing_is_stale_or_in_error_missing_and_due_included(setup):
-    inventory = write_inventory(setup, "ok.py", ["host01", "host02"])
-    run = report(inventory, "--json")
+def test_exit_zero_when_nothing_is_stale_or_in_error_missing_and_due_included(runs):
+    run = runs["ok"]
     assert run.returncode == 0, run.stdout + run.stderr
     assert json.loads(run.stdout)["ok"] is True
 
 
-def test_an_unreachable_host_is_listed_and_fails_the_report(setup):
-    with socket.socket() as s:  # a port on loopback that nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ghost = {**setup["fleet"].connection_data("host01"), "ssh_hostname": "127.0.0.1", "ssh_port": port}
-    inventory = write_inventory(setup, "ghost.py", ["host05"], [("ghost", ghost)])
-    run = report(inventory, "--json")
+def test_an_unreachable_host_is_listed_and_fails_the_report(runs):
+    run = runs["ghost"]
     assert run.returncode == 1, run.stdout + run.stderr
     data = json.loads(run.stdout)["hosts"]
     assert data["host05"]["jobs"]["rvault"]["status"] == "fresh"
