@@ -14,7 +14,7 @@ from pyinfra import context
 from pyinfra.api import FactBase
 
 from pyinfra_backup.git import (
-    ConfigRepo, RepoState, TagState, parse_state, parse_tag_state, problems, state_sections, sync_plan, tag_sections,
+    ConfigRepo, RepoState, TagState, parse_state, parse_tag_state, problems, state_command, sync_plan, tag_sections,
 )
 from pyinfra_backup.shell import sectioned_script
 
@@ -25,7 +25,7 @@ class GitRepoSync(FactBase):
 
     def command(self, config: ConfigRepo) -> str:
         self.config = config
-        return sectioned_script(state_sections(config))
+        return state_command(config)
 
     def process(self, output) -> RepoState:
         return parse_state(self.config, output)
@@ -85,19 +85,25 @@ class GitTag(FactBase):
         return parse_tag_state(output, self.tag)
 
 
-_CACHE = "_pyinfra_backup_git"
+_CACHE = "_pyinfra_backup_git"  # {"config": ConfigRepo, "state": RepoState} on the host object
+
+
+def _cache(host) -> dict:
+    if not hasattr(host, _CACHE):
+        setattr(host, _CACHE, {})
+    return getattr(host, _CACHE)
 
 
 def repo_state(host, config: ConfigRepo) -> RepoState:
     """This run's view of the host's repo and remotes, read once until `forget(host)`."""
-    cache = getattr(host, _CACHE, None)
-    if cache is None or cache[0] != config:
-        cache = (config, host.get_fact(GitRepoSync, config=config))
-        setattr(host, _CACHE, cache)
-    return cache[1]
+    cache = _cache(host)
+    if cache.get("config") != config or "state" not in cache:
+        cache.clear()
+        cache["state"] = host.get_fact(GitRepoSync, config=config)
+        cache["config"] = config
+    return cache["state"]
 
 
 def forget(host) -> None:
     """Drop this run's view of the repo: an operation of ours is about to change it or a remote."""
-    if hasattr(host, _CACHE):
-        delattr(host, _CACHE)
+    _cache(host).clear()

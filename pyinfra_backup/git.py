@@ -1,6 +1,6 @@
 """The config repo, pure: host data, the one-round-trip state script, its parsing, and the push plan.
 
-`state_sections(config)` is ONE remote command (see shell.sectioned_script) that reads, for the repo at
+`state_command(config)` is ONE remote command (see shell.sectioned_script) that reads, for the repo at
 `config_repo.path`: the git dir, the current branch, the configured remotes (`git config --get-regexp`),
 local branch heads and tags, the annotated tags reachable from each configured branch, and for each
 remote `git ls-remote --heads --tags URL` followed by ahead/behind counts (`git rev-list --left-right
@@ -35,7 +35,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from pyinfra_backup.shell import Section, parse_sections, sh_join, with_env
+from pyinfra_backup.shell import Section, parse_sections, sectioned_script, sh_join, with_env
 
 PUSHED = ("new", "ahead")
 PROBLEMS = ("behind", "diverged", "unknown", "conflict", "missing")
@@ -118,12 +118,20 @@ def _branch_words(config: ConfigRepo) -> str:
     return f'"$({config.git("symbolic-ref", "-q", "--short", "HEAD")})"'
 
 
+def listing_command(config: ConfigRepo, name: str) -> str:
+    """`git ls-remote` of one remote's configured URL (not its name: it may not be configured yet)."""
+    return config.remote_git("ls-remote", "--heads", "--tags", config.remotes[name])
+
+
 def remote_section(config: ConfigRepo, name: str) -> str:
-    """`git ls-remote` of one remote's configured URL, then `count BRANCH REMOTE_ID AHEAD BEHIND`
-    (or `... unknown`) for each configured branch that differs and exists locally."""
-    listing = config.remote_git("ls-remote", "--heads", "--tags", config.remotes[name])
+    """One remote's listing, read from the files the state command's preamble wrote (all remotes are
+    listed at once, in the background), then `count BRANCH REMOTE_ID AHEAD BEHIND` (or `... unknown`)
+    for each configured branch that differs and exists locally."""
+    index = list(config.remotes).index(name)
+    files = f'"$_d/{index}'
     count = _COUNT.format(branches=_branch_words(config), git=sh_join(["git", "-C", config.path]))
-    return f"_o=$({listing}) || exit $?\nprintf '%s\\n' \"$_o\"\n{count}"
+    return (f'cat {files}.err" >&2; _rc=$(cat {files}.rc"); [ "$_rc" = 0 ] || exit "$_rc"\n'
+            f'_o=$(cat {files}.out")\nprintf \'%s\\n\' "$_o"\n{count}')
 
 
 def state_sections(config: ConfigRepo) -> dict[str, str]:
@@ -142,6 +150,17 @@ def state_sections(config: ConfigRepo) -> dict[str, str]:
     for name in config.remotes:
         sections[f"remote.{name}"] = remote_section(config, name)
     return sections
+
+
+def state_command(config: ConfigRepo) -> str:
+    """The ONE remote command: every remote is listed in parallel into a temp dir (a slow remote costs
+    its own latency, not the sum), then the sections run and read the listings."""
+    preamble = ['_d=$(mktemp -d)', 'trap \'rm -rf "$_d"\' EXIT']
+    for index, name in enumerate(config.remotes):
+        preamble.append(f'( {listing_command(config, name)} >"$_d/{index}.out" 2>"$_d/{index}.err"; '
+                        f'echo $? >"$_d/{index}.rc" ) &')
+    preamble.append("wait")
+    return "\n".join([*preamble, sectioned_script(state_sections(config))])
 
 
 # --- parsing ------------------------------------------------------------------------------------------
@@ -397,7 +416,7 @@ def push_command(remote: RemoteState, config: ConfigRepo, syncs: Iterable[RefSyn
     """`git push` of exactly these refs, never forced. Through the remote's name when it is configured
     with this URL (so `refs/remotes/<name>/*` follow), else to the URL."""
     target = remote.name if remote.configured else remote.url
-    return config.remote_git("push", "--porcelain", target, *[sync.refspec for sync in syncs])
+    return config.remote_git("push", target, *[sync.refspec for sync in syncs])
 
 
 def fetch_count_command(remote: RemoteState, config: ConfigRepo, sync: RefSync) -> str:

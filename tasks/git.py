@@ -11,7 +11,7 @@ ahead/behind) and left as it is, the other remotes and refs are still pushed, an
 
 from __future__ import annotations
 
-from pyinfra import host
+from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, StringCommand
 
 from facts.git import GitTag, forget, host_config, repo_state
@@ -69,6 +69,8 @@ def _attempt(state, host, command: str, what: str, failures: list[str]) -> bool:
     if not ok:
         lines = [line.strip() for line in output.stderr_lines if line.strip()]
         failures.append(f"{what}: failed: {'; '.join(lines[-3:]) or 'no output'}")
+    else:
+        host.log_styled(f"{what}: done", log_func=logger.info)
     return True
 
 
@@ -90,7 +92,7 @@ def _summary(plan: dict[str, list[RefSync]]) -> str:
     for name, syncs in plan.items():
         branches = [f"{s.short} {s.local[:12]}" for s in syncs if not s.is_tag and s.local]
         tags = [s for s in syncs if s.is_tag]
-        parts.append(f"{name}: {', '.join(branches) or 'no branch'}" + (f", {len(tags)} tags" if tags else ""))
+        parts.append(f"{name}: {', '.join(branches) or 'no branch'}" + (f", {len(tags)} tag{'s' if len(tags) > 1 else ''}" if tags else ""))
     return "in sync: " + "; ".join(parts) if parts else "no remotes in config_repo.remotes"
 
 

@@ -7,7 +7,7 @@ import pytest
 from pyinfra_backup.git import (
     ConfigRepo, RefSync, RemoteState, RepoState, Tag, fetch_count_command, git_error, parse_counts, parse_refs,
     parse_remote, parse_remote_config, parse_state, parse_tag_state, problems, push_command, ref_sync,
-    remote_commands, state_sections, sync_plan, tag_command, tag_sections, unsafe_ssh_command, with_counts,
+    remote_commands, state_command, state_sections, sync_plan, tag_command, tag_sections, unsafe_ssh_command, with_counts,
 )
 from pyinfra_backup.shell import MARK, Section
 
@@ -33,10 +33,20 @@ def test_every_word_is_quoted_and_remote_commands_get_the_ssh_command():
     assert list(sections) == ["repo", "head", "remotes", "refs", "merged.0", "remote.origin", "remote.mirror"]
     assert sections["merged.0"].endswith("--merged=refs/heads/main refs/tags")
     remote = sections["remote.mirror"]
-    assert ("_o=$(GIT_TERMINAL_PROMPT=0 GIT_SSH_COMMAND='ssh -i /root/.ssh/deploy -o StrictHostKeyChecking=yes' "
-            "git -C '/etc/nix os' ls-remote --heads --tags ssh://git@m:2222/nixos.git) || exit $?") in remote
+    assert remote.startswith('cat "$_d/1.err" >&2; _rc=$(cat "$_d/1.rc"); [ "$_rc" = 0 ] || exit "$_rc"')
     assert "for _b in main; do" in remote and "rev-list --left-right --count" in remote
     assert "GIT_SSH_COMMAND" not in sections["refs"]  # local commands stay local
+
+
+def test_the_state_command_lists_every_remote_at_once_then_runs_the_sections():
+    lines = state_command(CONFIG).splitlines()
+    assert lines[:2] == ['_d=$(mktemp -d)', 'trap \'rm -rf "$_d"\' EXIT']
+    assert lines[2] == ("( GIT_TERMINAL_PROMPT=0 GIT_SSH_COMMAND='ssh -i /root/.ssh/deploy -o StrictHostKeyChecking=yes' "
+                        "git -C '/etc/nix os' ls-remote --heads --tags git@github.com:me/nixos.git "
+                        '>"$_d/0.out" 2>"$_d/0.err"; echo $? >"$_d/0.rc" ) &')
+    assert lines[3].endswith("ls-remote --heads --tags ssh://git@m:2222/nixos.git "
+                             '>"$_d/1.out" 2>"$_d/1.err"; echo $? >"$_d/1.rc" ) &')
+    assert lines[4] == "wait" and lines[5].startswith("_e=$(mktemp)")
 
 
 def test_default_branch_is_the_current_one_and_no_tags_without_push_tags():
@@ -44,7 +54,7 @@ def test_default_branch_is_the_current_one_and_no_tags_without_push_tags():
     sections = state_sections(config)
     assert not any(name.startswith("merged.") for name in sections)
     assert 'for _b in "$(git -C /r symbolic-ref -q --short HEAD)"; do' in sections["remote.o"]
-    assert "GIT_SSH_COMMAND" not in sections["remote.o"]  # unset: git's own ssh
+    assert "GIT_SSH_COMMAND" not in state_command(config)  # unset: git's own ssh
     tagged = state_sections(ConfigRepo("/r", {}, (), True))
     assert tagged["merged.0"].endswith("--merged=HEAD refs/tags")
 
@@ -187,11 +197,11 @@ def test_push_is_never_forced_and_goes_by_name_only_when_the_remote_is_configure
     command = push_command(configured, CONFIG, syncs)
     argv = shlex.split(command)
     assert argv[:2] == ["GIT_TERMINAL_PROMPT=0", "GIT_SSH_COMMAND=ssh -i /root/.ssh/deploy -o StrictHostKeyChecking=yes"]
-    assert argv[2:] == ["git", "-C", "/etc/nix os", "push", "--porcelain", "o",
+    assert argv[2:] == ["git", "-C", "/etc/nix os", "push", "o",
                         "refs/heads/main:refs/heads/main", "refs/tags/v1:refs/tags/v1"]
     assert "+" not in command.replace("GIT", "") and "force" not in command
     unconfigured = RemoteState("o", "/srv/o.git", ["/elsewhere.git"])
-    assert shlex.split(push_command(unconfigured, CONFIG, syncs))[7] == "/srv/o.git"
+    assert shlex.split(push_command(unconfigured, CONFIG, syncs))[6] == "/srv/o.git"
 
 
 def test_fetch_updates_only_the_remote_tracking_ref_then_counts():

@@ -5,7 +5,7 @@ import subprocess
 import pytest
 
 from pyinfra_backup.git import (
-    ConfigRepo, fetch_count_command, parse_counts, parse_state, parse_tag_state, push_command, state_sections,
+    ConfigRepo, fetch_count_command, parse_counts, parse_state, parse_tag_state, push_command, state_command,
     sync_plan, tag_sections,
 )
 from pyinfra_backup.shell import sectioned_script
@@ -28,7 +28,7 @@ def commit(repo, message):
 
 
 def read_state(config):
-    out = sh(sectioned_script(state_sections(config)))
+    out = sh(state_command(config))
     assert out.returncode == 0
     return parse_state(config, out.stdout.splitlines())
 
