@@ -37,8 +37,8 @@ Where each value comes from
 ---------------------------
 
 - last_success: borg's `archive.end` of the create record;
-- last_attempt / last_attempt_success: the attempt record's time and `rc == 0`; without one, the
-  create record's success (and a create record newer than the attempt wins);
+- last_attempt / last_attempt_success: the attempt record's time and `rc == 0`; without one (or
+  when it is older than the create record by a second or more), the create record's success;
 - duration: borg's `archive.duration`;
 - original / compressed / deduplicated bytes: `archive.stats` of the last archive;
 - repo used: `cache.stats.unique_csize` (compressed, deduplicated size of all archives as the
@@ -250,8 +250,9 @@ def job_metrics_from_records(
     duration = archive.get("duration")
 
     attempt_time, attempt_success = _attempt(getattr(records, "attempt", None))
-    if last_success is not None and (attempt_time is None or last_success > attempt_time):
-        attempt_time, attempt_success = last_success, True  # the success is the newest we know of
+    # the attempt record has whole seconds: a success more than 1 s newer is a newer attempt
+    if last_success is not None and (attempt_time is None or last_success - attempt_time >= 1):
+        attempt_time, attempt_success = last_success, True
 
     check_time, check_success = _attempt(getattr(records, "check", None))
     check_ok = getattr(records, "check_ok", None)

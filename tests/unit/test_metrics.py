@@ -118,7 +118,7 @@ def test_job_metrics_from_a_successful_run():
                          check=Attempt(utc(2024, 3, 1, 0, 5), 0), check_ok=utc(2024, 3, 1, 0, 5))
     m = job_metrics_from_records(records, archives=4, start_at="hourly", quota="100G")
     assert m == JobMetrics(
-        last_success=T(2024, 3, 10, 12, 0, 17, 250000), last_attempt=T(2024, 3, 10, 12, 0, 17, 250000),
+        last_success=T(2024, 3, 10, 12, 0, 17, 250000), last_attempt=T(2024, 3, 10, 12, 0, 17),
         last_attempt_success=True, duration=12.25, original_bytes=568, compressed_bytes=487,
         deduplicated_bytes=480, archives=4, last_check=T(2024, 3, 1, 0, 5), last_check_success=True,
         repo_quota_bytes=100 * 10**9, repo_used_bytes=667, due=T(2024, 3, 10, 13), schedule_period=3600,
@@ -133,6 +133,11 @@ def test_a_failed_attempt_after_an_older_success():
     assert (m.due, m.schedule_period) == (T(2024, 3, 11), 86400)
     text = render_textfile("host01", {"system": m})
     assert samples(text)[("borg_backup_last_attempt_success", "host01", "system")] == 0.0
+
+
+def test_an_attempt_record_older_than_the_create_record_is_superseded():
+    m = job_metrics_from_records(JobRecords(create=CREATE, attempt=Attempt(utc(2024, 3, 9), 2)))
+    assert (m.last_attempt, m.last_attempt_success) == (m.last_success, True)
 
 
 def test_a_job_that_never_succeeded():
