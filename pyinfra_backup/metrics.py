@@ -64,7 +64,7 @@ from typing import Any
 from pyinfra_backup.schedule import Schedule
 
 TEXTFILE_NAME = "borg_backup.prom"
-LABELS = ("host", "job")
+LABELS = ("host", "job")  # label names of (inventory host name, backup job name)
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,7 @@ def render_textfile(host: str, jobs: Mapping[str, JobMetrics]) -> str:
         lines.append(f"# HELP {metric.name} {_escape_help(metric.help)}")
         lines.append(f"# TYPE {metric.name} {metric.type}")
         for job, value in samples:
-            labels = f'host="{escape_label_value(host)}",job="{escape_label_value(job)}"'
+            labels = ",".join(f'{name}="{escape_label_value(value)}"' for name, value in zip(LABELS, (host, job)))
             lines.append(f"{metric.name}{{{labels}}} {format_value(value)}")
     return "\n".join(lines) + "\n" if lines else ""
 
