@@ -22,6 +22,7 @@ from pyinfra_backup.borg import (
     BACKUP_KEY, KNOWN_HOSTS, STATE_DIR, RepoListing, borg_env, list_argv, parse_list,
 )
 from pyinfra_backup.enrollment import PlannedJob, Server, plan_jobs
+from pyinfra_backup.metrics import TEXTFILE_NAME
 from pyinfra_backup.records import JobRecords, parse_records, read_sections
 from pyinfra_backup.schedule import Schedule
 from pyinfra_backup.shell import parse_sections, sectioned_script, sh_join, with_env
@@ -206,7 +207,7 @@ def client_state(host) -> ClientState:
 def textfile_path(host) -> str | None:
     """Where the host's node_exporter textfile goes (`monitoring.textfile_dir`), if anywhere."""
     directory = (host.data.get("monitoring") or {}).get("textfile_dir")
-    return f"{directory.rstrip('/')}/pyinfra_backup.prom" if directory else None
+    return f"{directory.rstrip('/')}/{TEXTFILE_NAME}" if directory else None
 
 
 def server_state(host, users: list[str], groups: list[str], paths: list[str]) -> ServerState:

@@ -21,7 +21,7 @@ from pyinfra.facts.server import Home
 
 from facts.borg import (
     BorgRepoFiles, RestoreTarget, backup_key as client_key, client_state, fleet_servers, forget, host_keys, host_plan,
-    server_state, servers_of,
+    server_state, servers_of, textfile_path,
 )
 from tasks.common import HostError, host_operation
 from pyinfra_backup.borg import (
@@ -29,6 +29,8 @@ from pyinfra_backup.borg import (
     extract_argv, borg_env, explain_error, frequency_seconds, init_argv, prune_argv,
 )
 from pyinfra_backup.enrollment import authorized_keys, operator_location, server_repos
+from pyinfra_backup.metrics import job_metrics_from_records, render_textfile
+from pyinfra_backup.ping import ping
 from pyinfra_backup.prune import to_prune
 from pyinfra_backup.records import check_command, create_command, record_attempt
 from pyinfra_backup.schedule import Schedule
@@ -78,6 +80,7 @@ class JobError(HostError):
         _failed_jobs().add(job)
 
     def record(self) -> list[str]:
+        forget(host)
         return [record_attempt(self.job, 2, str(self))]
 
 
@@ -245,6 +248,10 @@ def create(job: str):
     forget(host)
     argv = create_argv(planned.job, planned.job.base_name(hostname), planned.location.url, _lock_wait())
     run = with_env(borg_env(planned.job, planned.location), argv)
+    _created().add(job)
+    ping_url = (host.data.get("monitoring") or {}).get("ping_url")
+    if ping_url:
+        yield FunctionCommand(_ping, (ping_url, "start", None), {})
     yield create_command(job, run, accept_warnings=not planned.job.fail_on_warnings)
 
 
@@ -339,19 +346,7 @@ def check(job: str):
     yield check_command(job, run)
 
 
-@host_operation
-def outcome():
-    """The end of a host's backup run: fails the host when any of its job steps failed in this
-    run (they are called with `_ignore_errors` so that one job's failure does not stop the
-    others), naming each failed job and why, from the records on the host.
-
-    Example: `outcome()` after every job's steps.
-    """
-    results = ctx_state.get_results_for_host(host)
-    if not results.ignored_error_ops and not _failed_jobs():
-        host.noop("every job step succeeded or had nothing to do")
-        return
-    records = client_state(host).records
+def _failures(records) -> list[str]:
     reasons = []
     for job, record in sorted(records.items()):
         if record.attempt and not record.attempt.ok:
@@ -360,7 +355,67 @@ def outcome():
             reasons.append(last_line[len(host.name) + 2:] if ours else f"job {job}: {explain_error(last_line)}")
         if record.check and not record.check.ok:
             reasons.append(f"job {job}: borg check failed (exit status {record.check.rc})")
-    raise HostError(f"{host.name}: " + ("; ".join(reasons) or "a backup step failed (see above)"))
+    return reasons
+
+
+def _textfile(state) -> str:
+    jobs = {}
+    for planned in host_plan(host, inventory):
+        listing = state.listings[planned.job.name]
+        base = planned.job.base_name(state.hostname)
+        quota = planned.server.repo_for(host.name).get("quota") if planned.server else None
+        jobs[planned.job.name] = job_metrics_from_records(
+            state.records[planned.job.name],
+            archives=len(listing.job_archives(base)) if listing.exists else None,
+            start_at=list(planned.job.start_at), quota=quota,
+        )
+    return render_textfile(host.name, jobs)
+
+
+def _ping(state, host, url: str, kind: str, excerpt: str | None) -> bool:  # noqa: F811 (pyinfra passes `host`)
+    warning = ping(url, kind, excerpt)
+    if warning:
+        host.log_styled(f"warning: {warning}", fg="yellow", log_func=logger.warning)
+    return True  # a failed ping never fails the backup
+
+
+@host_operation
+def outcome():
+    """The end of a host's backup run: writes the node_exporter textfile (`monitoring.textfile_dir`)
+    when the jobs' records changed, pings `monitoring.ping_url` (success or /fail with the reasons)
+    when a backup ran, and fails the host when any of its job steps failed in this run (those run
+    with `_ignore_errors` so that one job's failure does not stop the others), naming each
+    failed job and why.
+
+    Example: `outcome()` after every job's steps.
+    """
+    state = client_state(host)
+    monitoring = host.data.get("monitoring") or {}
+    changed = False
+    path = textfile_path(host)
+    if path:
+        text = _textfile(state)
+        if state.textfile != text:
+            changed = True
+            yield f"mkdir -p {sh_join([os.path.dirname(path)])} && " + atomic_write(path, text)
+    results = ctx_state.get_results_for_host(host)
+    failed = bool(results.ignored_error_ops or _failed_jobs())
+    reasons = _failures(state.records) if failed else []
+    if monitoring.get("ping_url") and (failed or _created()):
+        changed = True
+        excerpt = "\n".join(reasons) if failed else None
+        yield FunctionCommand(_ping, (monitoring["ping_url"], "fail" if failed else "success", excerpt), {})
+    if failed:
+        raise HostError(f"{host.name}: " + ("; ".join(reasons) or "a backup step failed (see above)"))
+    if not changed:
+        host.noop("every job step succeeded or had nothing to do; metrics unchanged")
+
+
+def _created() -> set[str]:
+    """Jobs of this host whose create ran in this run."""
+    if not hasattr(host, "_pyinfra_backup_created"):
+        host._pyinfra_backup_created = set()
+    return host._pyinfra_backup_created
 
 
 @host_operation

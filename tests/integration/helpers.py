@@ -33,3 +33,36 @@ def in_host(fleet, name: str, cmd: str) -> list[str]:
     """argv that runs `cmd` inside a fleet host, for a background process (fleet.run waits)."""
     pid = str(fleet.host(name).pid)
     return ["nsenter", "-t", pid, "--net", "--mount", "--uts", "--pid", "--root", "--wd", "--", "/bin/sh", "-c", cmd]
+
+
+class PingServer:
+    """A healthchecks.io stand-in on 127.0.0.1: records (path, body) of every request."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        self.requests: list[tuple[str, str]] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                server.requests.append((self.path, self.rfile.read(length).decode()))
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"OK")
+
+            do_GET = do_POST = do_HEAD = _answer
+
+            def log_message(self, *args):
+                pass
+
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        self._httpd.shutdown()
+        self._httpd.server_close()

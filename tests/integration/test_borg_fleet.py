@@ -17,7 +17,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from tests.integration.helpers import in_host, operator_borg, pyinfra
+from tests.integration.helpers import PingServer, in_host, operator_borg, pyinfra
+from tests.integration.node_exporter import NodeExporter
 
 pytestmark = pytest.mark.fleet
 
@@ -33,6 +34,7 @@ echo owned > /srv/data/owned/file && chown 1234:2345 /srv/data/owned/file && chm
 ln -s hello.txt /srv/data/link
 umask 077 && printf '%s' "$PASS" > /root/borg-pass
 """
+TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
 CLIENT_RSH = ("ssh -i /var/lib/pyinfra-backup/ssh/id_ed25519 -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes "
               "-o UserKnownHostsFile=/var/lib/pyinfra-backup/ssh/known_hosts")
 TREE = "cd {0} && find . -printf '%p %U %G %m %y %l\\n' | sort && find . -type f -print0 | sort -z | xargs -0 sha256sum"
@@ -58,17 +60,25 @@ def setup(fleet, tmp_path_factory):
     passphrases = {name: "pp-" + secrets.token_hex(12) for name in CLIENTS}
     for name in CLIENTS:
         fleet.run(name, f"export PASS={passphrases[name]}\n" + DATA_SETUP)
-    common = {"borgbackup": {"jobs": {"system": job()}, "operatorIdentity": str(op_key), "lockWait": 3}}
+    pings = PingServer()
+
+    def client_data(name):
+        return {
+            "borgbackup": {"jobs": {"system": job()}, "operatorIdentity": str(op_key), "lockWait": 3},
+            "monitoring": {"textfile_dir": TEXTFILE_DIR, "ping_url": f"{pings.url}/ping/{name}"},
+        }
+
     server = {"borgbackup": {"repos": {}, "operatorKeys": [op_key.with_suffix(".pub").read_text().strip()]}}
-    host_data = {name: common for name in CLIENTS}
+    host_data = {name: client_data(name) for name in CLIENTS}
     host_data["backup"] = server
     inventory = fleet.write_inventory(tmp / "inventory.py", host_data, {"clients": CLIENTS, "servers": ["backup"]})
     env = {"BORG_BASE_DIR": str(tmp / "operator-borg")}
     state = {"fleet": fleet, "inventory": inventory, "op_key": op_key, "pass": passphrases, "env": env, "tmp": tmp,
-             "client_data": common, "server_data": server}
+             "client_data": client_data, "server_data": server, "pings": pings}
     state["server_run"] = pyinfra(inventory, "deploys/backup_server.py", env=env)
     state["first_run"] = pyinfra(inventory, "deploys/backup.py", env=env)
-    return state
+    yield state
+    pings.stop()
 
 
 def archives(setup, client):
@@ -92,13 +102,28 @@ def test_first_run_enrolls_every_client_and_makes_one_archive_each(setup):
     assert setup["fleet"].host_key("backup") in pinned
 
 
+def test_first_run_writes_metrics_node_exporter_serves_and_pings(setup):
+    pings = [(path, body) for path, body in setup["pings"].requests if path.startswith("/ping/host01")]
+    assert ("/ping/host01/start", "") in pings and ("/ping/host01", "") in pings
+    with NodeExporter(TEXTFILE_DIR, fleet=setup["fleet"], host="host01") as exporter:
+        labels = {"host": "host01", "job": "system"}
+        assert exporter.value("node_textfile_scrape_error") == 0
+        assert exporter.value("borg_backup_last_attempt_success", **labels) == 1
+        assert exporter.value("borg_backup_archives", **labels) == 1
+        assert exporter.value("borg_backup_original_bytes", **labels) > 300000
+        assert exporter.value("borg_backup_last_check_success", **labels) == 1
+        assert abs(exporter.value("borg_backup_last_success_timestamp_seconds", **labels) - time.time()) < 600
+        assert exporter.value("borg_backup_due_timestamp_seconds", **labels) > time.time()
+        assert exporter.value("borg_backup_schedule_period_seconds", **labels) == 86400
+
+
 def test_repo_server_follows_the_data_keys_removed_from_it_leave_the_file(setup):
     fleet = setup["fleet"]
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "legacy@test", "-f", str(setup["tmp"] / "legacy")], check=True)
     legacy_key = (setup["tmp"] / "legacy.pub").read_text().strip()
     with_legacy = {"borgbackup": {**setup["server_data"]["borgbackup"],
                                   "repos": {"legacy": {"path": "/srv/legacy-repo", "authorizedKeys": [legacy_key], "quota": "5G"}}}}
-    host_data = {name: setup["client_data"] for name in CLIENTS}
+    host_data = {name: setup["client_data"](name) for name in CLIENTS}
     inventory = fleet.write_inventory(setup["tmp"] / "inventory-legacy.py", {**host_data, "backup": with_legacy},
                                       {"clients": CLIENTS, "servers": ["backup"]})
     added = pyinfra(inventory, "deploys/backup_server.py", env=setup["env"])
@@ -125,7 +150,7 @@ def test_rerun_changes_nothing_in_one_remote_command_per_host(setup):
         assert len(archives(setup, client)) == 1
     # the server: pyinfra's one fact, plus one `borg serve` session per client listing its repo
     assert after["backup"] - before["backup"] == 1 + len(CLIENTS)
-    assert re.search(r"\[host01\] .*system: not due: last archive host01-system-\S+ made \d+s ago", run.stdout), run.stdout
+    assert re.search(r"\[host01\] .*system: not due: last archive host01-system-\S+ made \d+[smhd] ago", run.stdout), run.stdout
 
 
 def test_forced_run_stores_a_changed_file_and_prunes_with_the_operator_key(setup):
@@ -235,6 +260,10 @@ def test_failures_stay_with_their_host_and_say_why(setup):
     assert re.search(r"\[host03\].*unreachable", out), out
     assert re.search(r"\[host04\].*locked by a live borg process", out), out
     assert len(archives(setup, "host01")) == 1  # host01 went on: a new archive, the older one pruned
+    fails = [body for path, body in setup["pings"].requests if path == "/ping/host02/fail"]
+    assert fails and "wrong passphrase" in fails[-1]
+    with NodeExporter(TEXTFILE_DIR, fleet=fleet, host="host02") as exporter:
+        assert exporter.value("borg_backup_last_attempt_success", host="host02", job="system") == 0
     assert fleet.run("backup", "ls /var/lib/borgbackup/host04/ | grep -c lock || true").stdout.strip() == "0"
 
 
@@ -269,7 +298,7 @@ def test_a_new_host_is_enrolled_by_the_backup_run_alone(setup):
     setup["pass"]["host05"] = "pp-" + secrets.token_hex(12)
     fleet.run("host05", f"export PASS={setup['pass']['host05']}\n" + DATA_SETUP)
     inventory = setup["tmp"] / "inventory-with-host05.py"
-    host_data = {name: setup["client_data"] for name in [*CLIENTS, "host05"]}
+    host_data = {name: setup["client_data"](name) for name in [*CLIENTS, "host05"]}
     host_data["backup"] = setup["server_data"]
     fleet.write_inventory(inventory, host_data, {"clients": [*CLIENTS, "host05"], "servers": ["backup"]})
     run = pyinfra(inventory, "deploys/backup.py", env=setup["env"])
