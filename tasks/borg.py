@@ -255,15 +255,19 @@ def create(job: str):
     yield create_command(job, run, accept_warnings=not planned.job.fail_on_warnings)
 
 
-def _run_operator_borg(state, host, planned, argvs: list[list[str]]) -> bool:  # noqa: F811 (pyinfra passes `host`)
-    """Run borg on the operator's machine with the operator's key (full access). The
-    passphrase comes from the job's passCommand on the host, through an anonymous pipe."""
-    server_host = state.inventory.get_host(planned.server.name)
-    data = host.data.get("borgbackup") or {}
-    location = operator_location(
-        planned.server, host.name, data.get("operatorIdentity", "~/.ssh/id_ed25519"),
+def _operator_location(planned):
+    """The job's repo as the operator reaches it: full access with `borgbackup.operatorIdentity`,
+    the server's host key checked against the operator's own known_hosts for it."""
+    server_host = inventory.get_host(planned.server.name)
+    return operator_location(
+        planned.server, host.name, (host.data.get("borgbackup") or {}).get("operatorIdentity", "~/.ssh/id_ed25519"),
         server_host.data.get("ssh_known_hosts_file") or "~/.ssh/known_hosts",
     )
+
+
+def _run_operator_borg(state, host, planned, location, argvs: list[list[str]]) -> bool:  # noqa: F811 (pyinfra passes `host`)
+    """Run borg on the operator's machine with the operator's key (full access). The
+    passphrase comes from the job's passCommand on the host, through an anonymous pipe."""
     passphrase = b""
     if planned.job.mode != "none":
         ok, output = host.run_shell_command(StringCommand(planned.job.pass_command), print_output=False)
@@ -272,7 +276,6 @@ def _run_operator_borg(state, host, planned, argvs: list[list[str]]) -> bool:  #
             return False
         passphrase = "\n".join(output.stdout_lines).encode()
     for argv in argvs:
-        argv = [location.url if word == "REPO" else word for word in argv]
         read_end, write_end = os.pipe()
         env = borg_env(planned.job, location, {"BORG_PASSPHRASE_FD": str(read_end)})
         try:
@@ -285,7 +288,8 @@ def _run_operator_borg(state, host, planned, argvs: list[list[str]]) -> bool:  #
         out, err = proc.communicate()
         if proc.returncode != 0 and not (proc.returncode == 1 and not planned.job.fail_on_warnings):
             reason = (err.decode(errors="replace").strip().splitlines() or [f"exit {proc.returncode}"])[-1]
-            host.log_styled(f"job {planned.job.name}: {argv[1]} failed: {reason}", fg="red", log_func=logger.error)
+            command = next(word for word in argv[1:] if not word.startswith("-"))
+            host.log_styled(f"job {planned.job.name}: borg {command} failed: {reason}", fg="red", log_func=logger.error)
             return False
     forget(host)
     return True
@@ -312,15 +316,16 @@ def prune(job: str):
     if not doomed:
         host.noop(f"{job}: nothing to prune ({len(archives)} archives within prune.keep)")
         return
+    location = planned.location if planned.server is None else _operator_location(planned)
     wait = _lock_wait()
-    argvs = [prune_argv(planned.job, base, "REPO", wait), compact_argv(planned.job, "REPO", wait)]
+    argvs = [prune_argv(planned.job, base, location.url, wait), compact_argv(planned.job, location.url, wait)]
     if planned.server is not None:
-        yield FunctionCommand(_run_operator_borg, (planned, argvs), {})
+        yield FunctionCommand(_run_operator_borg, (planned, location, argvs), {})
         return
     forget(host)
-    env = borg_env(planned.job, planned.location)
+    env = borg_env(planned.job, location)
     for argv in argvs:
-        yield with_env(env, [planned.location.url if word == "REPO" else word for word in argv])
+        yield with_env(env, argv)
 
 
 @host_operation
