@@ -1,0 +1,24 @@
+"""The README's first command, run twice inside a fleet host (its own overlay of this machine)."""
+
+import json
+import re
+
+import pytest
+
+from tests.integration.helpers import PROJECT
+
+pytestmark = pytest.mark.fleet
+
+
+def test_main_job_twice_second_run_changes_nothing(fleet):
+    first = fleet.run("host05", f"cd {PROJECT} && bash scripts/backup-local.sh 2>&1", timeout=600)
+    assert "borg create local" in first.stdout and re.search(r"\[@local\] Success", first.stdout)
+    assert fleet.run("host05", "stat -c '%a %U' /var/lib/pyinfra-backup/local-passphrase").stdout.split() == ["600", "root"]
+    second = fleet.run("host05", f"cd {PROJECT} && bash scripts/backup-local.sh 2>&1", timeout=600)
+    assert "] Success" not in second.stdout and "made /var/lib" not in second.stdout
+    table = second.stdout[second.stdout.index("--> Results:"):second.stdout.index("Grand total")]
+    rows = [line.split() for line in table.splitlines()[2:] if line.strip()]
+    assert rows and all(row[-4:] == ["1", "-", "-", "1"] for row in rows), table  # hosts, success, error, no change
+    fact = second.stdout[second.stdout.rindex("{\n    \"@local\""):]
+    entry = json.loads(fact[:fact.rindex("}") + 1])["@local"]["local"]
+    assert entry["status"] == "fresh" and entry["last_archive"].startswith("host05-local-")
