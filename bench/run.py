@@ -1,6 +1,6 @@
 """Benchmarks (not timed tests) of deploys/backup.py against the raw tools, on fleets of our own.
 
-    .venv/bin/python -m bench [--hosts N] [--quick] [--sizes 10,30,100] [--only a,b,c,d]
+    .venv/bin/python -m bench [--head] [--hosts N] [--quick] [--sizes 10,30,100] [--only a,b,c,d]
 
 (a) forced backup of unchanged data on N clients + a repo server: `pyinfra -y INV deploys/backup.py
     --data backup_force=true` vs the same `borg create` command line our tool runs (same repo URL,
@@ -13,8 +13,9 @@
     requests) on that run <= 2, client and server reported apart.
 (d) the same no-op run on 10, 30 and 100 hosts: wall time and per host.
 
-Every ratio is measured against the baseline on the same fleet in the same run: one warm-up of each,
-then repetitions in alternating order (ours/baseline, baseline/ours, ...), medians reported.
+Every ratio is measured against the baseline on the same fleet in the same run: after a warm-up ((a):
+the runs of (b); (b): the enrollment run; (c)/(d): the verification run and one baseline run),
+repetitions in alternating order (ours/baseline, baseline/ours, ...), medians reported.
 Both sides of (c)/(d) run with `--parallel <number of hosts>` (pyinfra's default is
 min(20 x CPUs, hosts) = 40 here, which would serialise a 100-host run into three waves).
 
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import contextlib
 import json
 import os
 import platform

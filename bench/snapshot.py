@@ -35,15 +35,17 @@ def run_at_head(argv: list[str]) -> int:
         shutil.rmtree(snap / "bench", ignore_errors=True)
         shutil.copytree(PROJECT / "bench", snap / "bench",
                         ignore=shutil.ignore_patterns("__pycache__", "results.json", "profiles"))
-        output = str(PROJECT / "bench" / "results.json")
-        for i, arg in enumerate(argv):
-            if arg == "--output" and i + 1 < len(argv):
-                output = str(Path(argv[i + 1]).resolve())
+        output, rest, args = str(PROJECT / "bench" / "results.json"), [], iter(argv)
+        for arg in args:  # --output is resolved here: the child runs in the copy
+            if arg == "--output":
+                output = str(Path(next(args, output)).resolve())
             elif arg.startswith("--output="):
                 output = str(Path(arg.split("=", 1)[1]).resolve())
+            else:
+                rest.append(arg)
         env = {**os.environ, MARK: commit, "PYTHONPATH": os.pathsep.join(filter(None, [str(snap), os.environ.get("PYTHONPATH")]))}
         print(f"[bench] benchmarking HEAD {commit[:12]} from a copy in {snap}", file=sys.stderr, flush=True)
-        child = subprocess.Popen([sys.executable, "-m", "bench", *argv, "--output", output], cwd=snap, env=env)
+        child = subprocess.Popen([sys.executable, "-m", "bench", *rest, "--output", output], cwd=snap, env=env)
         signal.signal(signal.SIGTERM, lambda *_: child.send_signal(signal.SIGTERM))
         while True:
             try:
