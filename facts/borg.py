@@ -25,7 +25,7 @@ from pyinfra_backup.enrollment import PlannedJob, Server, plan_jobs
 from pyinfra_backup.metrics import TEXTFILE_NAME
 from pyinfra_backup.records import JobRecords, parse_records, read_sections
 from pyinfra_backup.schedule import Schedule
-from pyinfra_backup.shell import parse_sections, sectioned_script, sh_join, with_env
+from pyinfra_backup.shell import Section, parse_sections, sectioned_script, sh_join, with_env
 
 NO_KEY = 3  # exit status of a listing skipped because the host has no backup key yet
 
@@ -49,7 +49,6 @@ class ClientState:
     hostname: str
     key: str | None
     known_hosts: str
-    listings: dict[str, RepoListing] = field(default_factory=dict)
     records: dict[str, JobRecords] = field(default_factory=dict)
     textfile: str | None = None  # the metrics textfile's content, when monitoring.textfile_dir is set
 
@@ -61,54 +60,81 @@ def _listing_command(planned: PlannedJob) -> str:
     return f"test -f {BACKUP_KEY} || exit {NO_KEY}; {listing}"
 
 
+def _client_sections(plan: list[PlannedJob], textfile: str | None) -> dict[str, str]:
+    sections = {
+        "hostname": "uname -n",
+        "key": f"test -f {BACKUP_KEY} && cat {BACKUP_KEY}.pub",
+        "known_hosts": f"cat {KNOWN_HOSTS}",
+    }
+    if textfile:
+        sections["textfile"] = f"cat {sh_join([textfile])}"
+    for planned in plan:
+        for key, command in read_sections(planned.job.name).items():
+            sections[f"{key}.{planned.job.name}"] = command
+    return sections
+
+
+def _client_state(plan: list[PlannedJob], sections: dict[str, Section]) -> ClientState:
+    key = sections["key"]
+    state = ClientState(
+        hostname=sections["hostname"].text.strip(),
+        key=key.text.strip() if key.ok and key.text.strip() else None,
+        known_hosts=sections["known_hosts"].text if sections["known_hosts"].ok else "",
+    )
+    for planned in plan:
+        name = planned.job.name
+        state.records[name] = parse_records({
+            key: sections[f"{key}.{name}"].text if sections[f"{key}.{name}"].ok else None
+            for key in read_sections(name)
+        })
+    if "textfile" in sections and sections["textfile"].ok:
+        state.textfile = sections["textfile"].text + "\n"
+    return state
+
+
+def _repo_sections(plan: list[PlannedJob]) -> dict[str, str]:
+    return {f"list.{planned.job.name}": _listing_command(planned) for planned in plan}
+
+
+def _listings(plan: list[PlannedJob], sections: dict[str, Section]) -> dict[str, RepoListing]:
+    listings = {}
+    for planned in plan:
+        listing = sections[f"list.{planned.job.name}"]
+        if listing.rc == NO_KEY:
+            listings[planned.job.name] = RepoListing(exists=False)  # not enrolled yet
+        else:
+            listings[planned.job.name] = parse_list(listing.text, listing.rc, listing.error)
+    return listings
+
+
 class BorgClient(FactBase):
-    """A backup client: hostname, backup key, pinned server keys, each job's repo listing and
-    records (pyinfra_backup/records.py), and the metrics textfile.
-    Example: `host.get_fact(BorgClient, plan=host_plan(host, inventory), textfile=None)`."""
+    """A backup client as a backup run needs it, without touching any repo: hostname, backup
+    key, pinned server keys, each job's records (pyinfra_backup/records.py) and the metrics
+    textfile. Example: `host.get_fact(BorgClient, plan=host_plan(host, inventory), textfile=None)`."""
 
     def command(self, plan: list[PlannedJob], textfile: str | None = None) -> str:
         self.plan = plan
-        sections = {
-            "hostname": "uname -n",
-            "key": f"test -f {BACKUP_KEY} && cat {BACKUP_KEY}.pub",
-            "known_hosts": f"cat {KNOWN_HOSTS}",
-        }
-        if textfile:
-            sections["textfile"] = f"cat {sh_join([textfile])}"
-        for planned in plan:
-            name = planned.job.name
-            sections[f"list.{name}"] = _listing_command(planned)
-            for key, command in read_sections(name).items():
-                sections[f"{key}.{name}"] = command
-        return sectioned_script(sections)
+        return sectioned_script(_client_sections(plan, textfile))
 
     def process(self, output) -> ClientState:
-        sections = parse_sections(output)
-        key = sections["key"]
-        state = ClientState(
-            hostname=sections["hostname"].text.strip(),
-            key=key.text.strip() if key.ok and key.text.strip() else None,
-            known_hosts=sections["known_hosts"].text if sections["known_hosts"].ok else "",
-        )
-        for planned in self.plan:
-            name = planned.job.name
-            listing = sections[f"list.{name}"]
-            if listing.rc == NO_KEY:
-                state.listings[name] = RepoListing(exists=False)  # not enrolled yet
-            else:
-                state.listings[name] = parse_list(listing.text, listing.rc, listing.error)
-            state.records[name] = parse_records({
-                key: sections[f"{key}.{name}"].text if sections[f"{key}.{name}"].ok else None
-                for key in read_sections(name)
-            })
-        if "textfile" in sections and sections["textfile"].ok:
-            state.textfile = sections["textfile"].text + "\n"
-        return state
+        return _client_state(self.plan, parse_sections(output))
 
 
-def freshness(planned: PlannedJob, state: ClientState, now: datetime) -> dict:
-    """One job's freshness in the contract's shape."""
-    job, listing = planned.job, state.listings[planned.job.name]
+class BorgRepos(FactBase):
+    """Each job's repo as `borg list` shows it (all archives, checkpoints too), in one command.
+    Example: `host.get_fact(BorgRepos, plan=host_plan(host, inventory))` -> {job: RepoListing}."""
+
+    def command(self, plan: list[PlannedJob]) -> str:
+        self.plan = plan
+        return sectioned_script(_repo_sections(plan))
+
+    def process(self, output) -> dict[str, RepoListing]:
+        return _listings(self.plan, parse_sections(output))
+
+
+def freshness(planned: PlannedJob, state: ClientState, listing: RepoListing, now: datetime) -> dict:
+    """One job's freshness in the contract's shape, from the repo itself."""
+    job = planned.job
     archives = listing.job_archives(job.base_name(state.hostname)) if listing.exists else []
     last = archives[-1] if archives else None
     if listing.error:
@@ -130,17 +156,19 @@ def freshness(planned: PlannedJob, state: ClientState, now: datetime) -> dict:
     }
 
 
-class BackupFreshness(BorgClient):
-    """Freshness of every job of the host, from one remote command:
-    `{job: {repo, last_archive, last_time, age_seconds, due, status, error}}`."""
+class BackupFreshness(FactBase):
+    """Freshness of every job of the host, from its repos, in one remote command:
+    `{job: {repo, last_archive, last_time, age_seconds, due, status, error, original_size, deduplicated_size}}`."""
 
-    def command(self) -> str:  # type: ignore[override]
-        return super().command(host_plan(context.host, context.state.inventory))
+    def command(self) -> str:
+        self.plan = host_plan(context.host, context.state.inventory)
+        return sectioned_script({**_client_sections(self.plan, None), **_repo_sections(self.plan)})
 
-    def process(self, output) -> dict[str, dict]:  # type: ignore[override]
-        state = super().process(output)
+    def process(self, output) -> dict[str, dict]:
+        sections = parse_sections(output)
+        state, listings = _client_state(self.plan, sections), _listings(self.plan, sections)
         now = datetime.now(timezone.utc)
-        return {planned.job.name: freshness(planned, state, now) for planned in self.plan}
+        return {p.job.name: freshness(p, state, listings[p.job.name], now) for p in self.plan}
 
 
 @dataclass
@@ -195,8 +223,16 @@ def _cache(host) -> dict:
     return host._pyinfra_backup_cache
 
 
+def repo_listings(host) -> dict[str, RepoListing]:
+    """This run's view of a client's repos (`borg list`), read once until `forget(host)`."""
+    cache = _cache(host)
+    if "repos" not in cache:
+        cache["repos"] = host.get_fact(BorgRepos, plan=host_plan(host, context.state.inventory))
+    return cache["repos"]
+
+
 def client_state(host) -> ClientState:
-    """This run's view of a backup client, read once until `forget(host)`."""
+    """This run's view of a backup client (no repo read), read once until `forget(host)`."""
     cache = _cache(host)
     if "client" not in cache:
         plan = host_plan(host, context.state.inventory)
@@ -221,6 +257,12 @@ def server_state(host, users: list[str], groups: list[str], paths: list[str]) ->
 def forget(host) -> None:
     """Drop what we know of a host: an operation of ours is about to change it."""
     _cache(host).clear()
+    host._pyinfra_backup_changed = True
+
+
+def changed_in_run(host) -> bool:
+    """Whether an operation of ours changed the host in this run."""
+    return getattr(host, "_pyinfra_backup_changed", False)
 
 
 class SshHostKeys(FactBase):

@@ -48,6 +48,14 @@ class JobRecords:
     check: Attempt | None = None
     check_ok: datetime | None = None
 
+    @property
+    def last_archive(self) -> tuple[str, datetime] | None:
+        """Name and start time (UTC: borg runs with TZ=UTC) of the last archive this host made."""
+        archive = (self.create or {}).get("archive") or {}
+        if not archive.get("name") or not archive.get("start"):
+            return None
+        return archive["name"], datetime.fromisoformat(archive["start"]).replace(tzinfo=timezone.utc)
+
 
 def _time(text: str) -> datetime:
     return datetime.fromtimestamp(int(text), timezone.utc)

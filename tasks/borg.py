@@ -20,8 +20,8 @@ from pyinfra.facts.files import Directory
 from pyinfra.facts.server import Home
 
 from facts.borg import (
-    BorgRepoFiles, RestoreTarget, backup_key as client_key, client_state, fleet_servers, forget, host_keys, host_plan,
-    server_state, servers_of, textfile_path,
+    BorgRepoFiles, RestoreTarget, backup_key as client_key, changed_in_run, client_state, fleet_servers, forget, host_keys, host_plan,
+    repo_listings, server_state, servers_of, textfile_path,
 )
 from tasks.common import HostError, host_operation
 from pyinfra_backup.borg import (
@@ -101,7 +101,7 @@ def _job(job: str):
 
 
 def _readable_listing(job: str):
-    listing = client_state(host).listings[job]
+    listing = repo_listings(host)[job]
     if listing.error:
         raise JobError(job, f"cannot read repo: {listing.error}")
     return listing
@@ -211,6 +211,10 @@ def init(job: str):
     planned = _job(job)
     if planned is None:
         return
+    recorded = client_state(host).records[job].last_archive
+    if recorded:
+        host.noop(f"{job}: repo exists: this host made {recorded[0]} in it")
+        return
     listing = _readable_listing(job)
     if listing.exists:
         host.noop(f"{job}: repo exists ({listing.encryption}, id {listing.repo_id[:12]})")
@@ -224,25 +228,25 @@ def init(job: str):
 
 @host_operation
 def create(job: str):
-    """`borg create` when the job is due by `startAt` (or forced with `backup_force`).
+    """`borg create` when the job is due by `startAt` (or forced with `backup_force`). Due is decided
+    from the host's record of its last archive (pyinfra_backup/records.py), so a run with nothing
+    due reads no repo; `facts.borg.BackupFreshness` and `deploys/verify.py` read the repos themselves.
 
     Example: `create(job="system")`; force with `pyinfra ... --data backup_force=system`.
     """
     planned = _job(job)
     if planned is None:
         return
-    hostname = client_state(host).hostname
-    listing = _readable_listing(job)
-    archives = listing.job_archives(planned.job.base_name(hostname)) if listing.exists else []
-    last = archives[-1] if archives else None
+    state = client_state(host)
+    hostname, last = state.hostname, state.records[job].last_archive
     schedule = Schedule.parse(list(planned.job.start_at))
     now = _now()
     if not _forced(job):
         if not planned.job.start_at:
             host.noop(f"{job}: startAt is empty: runs only with backup_force")
             return
-        if last and schedule.due_state(last.time, now) == "fresh":
-            host.noop(f"{job}: not due: last archive {last.name} made {_ago(last.time)}; "
+        if last and schedule.due_state(last[1], now) == "fresh":
+            host.noop(f"{job}: not due: last archive {last[0]} made {_ago(last[1])}; "
                       f"next after {schedule.next(now):%Y-%m-%d %H:%M} UTC")
             return
     forget(host)
@@ -297,8 +301,8 @@ def _run_operator_borg(state, host, planned, location, argvs: list[list[str]]) -
 
 @host_operation
 def prune(job: str):
-    """`borg prune` with `prune.keep` on this job's archives only, then `borg compact`; only
-    when borg would delete something. Repos on fleet servers are pruned with the operator's
+    """`borg prune` with `prune.keep` on this job's archives only, then `borg compact`, after a
+    create of this run (or when forced); only when borg would delete something. Repos on fleet servers are pruned with the operator's
     key (`borgbackup.operatorIdentity`), never with the host's append-only key.
 
     Example: `prune(job="system")`.
@@ -308,6 +312,9 @@ def prune(job: str):
         return
     if not planned.job.keep:
         host.noop(f"{job}: no prune.keep")
+        return
+    if job not in _created() and not _forced(job):
+        host.noop(f"{job}: no new archive in this run, nothing new to prune")
         return
     base = planned.job.base_name(client_state(host).hostname)
     listing = _readable_listing(job)
@@ -365,8 +372,9 @@ def _failures(records) -> list[str]:
 
 def _textfile(state) -> str:
     jobs = {}
+    listings = repo_listings(host)
     for planned in host_plan(host, inventory):
-        listing = state.listings[planned.job.name]
+        listing = listings[planned.job.name]
         base = planned.job.base_name(state.hostname)
         quota = planned.server.repo_for(host.name).get("quota") if planned.server else None
         jobs[planned.job.name] = job_metrics_from_records(
@@ -397,14 +405,14 @@ def outcome():
     state = client_state(host)
     monitoring = host.data.get("monitoring") or {}
     changed = False
+    results = ctx_state.get_results_for_host(host)
+    failed = bool(results.ignored_error_ops or _failed_jobs())
     path = textfile_path(host)
-    if path:
+    if path and (state.textfile is None or failed or changed_in_run(host)):  # else nothing new to tell
         text = _textfile(state)
         if state.textfile != text:
             changed = True
             yield f"mkdir -p {sh_join([os.path.dirname(path)])} && " + atomic_write(path, text)
-    results = ctx_state.get_results_for_host(host)
-    failed = bool(results.ignored_error_ops or _failed_jobs())
     reasons = _failures(state.records) if failed else []
     if monitoring.get("ping_url") and (failed or _created()):
         changed = True
