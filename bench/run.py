@@ -301,7 +301,7 @@ def bench_ab(args, work: Path, op_key: Path, results: dict) -> None:
         # initialised (untimed) with the command line of our init operation, the same for both sides.
         def reset_repos():
             fleet.run(SERVER, " && ".join(f"find {REPO_BASE}/{c} -mindepth 1 -delete" for c in clients))
-            env.in_hosts(clients, "rm -rf /root/.cache/borg /root/.config/borg")
+            env.in_hosts(clients, f"rm -rf /root/.cache/borg /root/.config/borg {STATE_DIR}/jobs")  # a new host: no records
             env.ssh_all(init_cmds)
 
         def ours_first():

@@ -28,7 +28,7 @@ def _now() -> float:
 def _label(command: str) -> str:
     text = str(command)
     if "::pbk:: list." in text:
-        return "BorgClient fact (borg list)"
+        return "BorgClient fact (host records)"
     if "::pbk:: hostkeys" in text:
         return "BorgServer fact"
     m = re.search(r"\bborg (create|init|check|prune|compact|list|extract)\b", text)
