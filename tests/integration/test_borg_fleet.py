@@ -228,8 +228,10 @@ def test_a_lock_left_by_a_killed_borg_is_cleared_by_the_next_run(setup):
     fleet.run("host01", "head -c 200000000 /dev/urandom > /srv/big.bin")
     fleet.run("host01", f"(BORG_PASSCOMMAND='cat /root/borg-pass' BORG_RSH='{CLIENT_RSH}' borg create --compression lzma,9 "
                         f"borg@{server}:.::interrupted /srv/big.bin </dev/null >/tmp/interrupted.log 2>&1 &)")
-    fleet.run("backup", "for i in $(seq 300); do [ -e /var/lib/borgbackup/host01/lock.exclusive ] && break; sleep 0.1; done; "
-                        "sleep 0.5; pkill -9 -f 'borg [s]erve' ; true")
+    waited = fleet.run("backup", "for i in $(seq 600); do [ -e /var/lib/borgbackup/host01/lock.exclusive ] && exit 0; "
+                                 "sleep 0.1; done; exit 1", check=False)
+    assert waited.returncode == 0, fleet.run("host01", "ps -eo args; cat /tmp/interrupted.log").stdout
+    fleet.run("backup", "sleep 0.5; pkill -9 -f 'borg [s]erve' ; true")
     fleet.run("host01", "pkill -9 -f 'borg [c]reate' ; rm -f /srv/big.bin")
     log = fleet.run("host01", "cat /tmp/interrupted.log").stdout
     assert fleet.run("backup", "ls /var/lib/borgbackup/host01").stdout.count("lock.") >= 1, log  # the lock stays
