@@ -31,17 +31,23 @@ NO_KEY = 3  # exit status of a listing skipped because the host has no backup ke
 
 
 def fleet_servers(inventory) -> dict[str, Server]:
-    """Every host of the inventory with `borgbackup.repos`, by inventory name."""
-    servers = {}
-    for host in inventory:
-        data = host.data.dict()
-        if (data.get("borgbackup") or {}).get("repos") is not None:
-            servers[host.name] = Server.from_data(host.name, data)
-    return servers
+    """Every host of the inventory with `borgbackup.repos`, by inventory name (worked out once
+    per inventory: every operation of every host asks)."""
+    if not hasattr(inventory, "_pyinfra_backup_servers"):
+        servers = {}
+        for host in inventory:
+            data = host.data.dict()
+            if (data.get("borgbackup") or {}).get("repos") is not None:
+                servers[host.name] = Server.from_data(host.name, data)
+        inventory._pyinfra_backup_servers = servers
+    return inventory._pyinfra_backup_servers
 
 
 def host_plan(host, inventory) -> list[PlannedJob]:
-    return plan_jobs(host.name, host.data.dict(), fleet_servers(inventory))
+    """The host's jobs and where each goes (worked out once per run)."""
+    if not hasattr(host, "_pyinfra_backup_plan"):
+        host._pyinfra_backup_plan = plan_jobs(host.name, host.data.dict(), fleet_servers(inventory))
+    return host._pyinfra_backup_plan
 
 
 @dataclass
