@@ -22,7 +22,6 @@ from collections.abc import Mapping
 STATE_DIR = "/var/lib/pyinfra-backup"
 BACKUP_KEY = f"{STATE_DIR}/ssh/id_ed25519"
 KNOWN_HOSTS = f"{STATE_DIR}/ssh/known_hosts"
-CHECKS_DIR = f"{STATE_DIR}/checks"
 TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S"
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d"
 CHECKPOINT = re.compile(r"\.checkpoint(\.\d+)?$")
