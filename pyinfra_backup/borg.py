@@ -16,7 +16,7 @@ import json
 import re
 import shlex
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from collections.abc import Mapping
 
 STATE_DIR = "/var/lib/pyinfra-backup"
@@ -28,12 +28,19 @@ CHECKPOINT = re.compile(r"\.checkpoint(\.\d+)?$")
 KEEP_RULES = ("within", "secondly", "minutely", "hourly", "daily", "weekly", "monthly", "yearly")
 
 
-FREQUENCY_UNITS = {"s": 1, "h": 3600, "H": 3600, "d": 86400, "w": 7 * 86400, "m": 31 * 86400, "y": 365 * 86400}
+INTERVAL_HOURS = {"h": 1, "H": 1, "d": 24, "w": 24 * 7, "m": 24 * 31, "y": 24 * 365}  # as borg's intervals
 
 
-def frequency_seconds(spec: str) -> int:
-    """`checks.frequency` in seconds: `30d` -> 2592000 (m = 31 days, as borg's intervals)."""
-    return int(spec[:-1]) * FREQUENCY_UNITS[spec[-1]]
+def parse_interval(spec: str) -> timedelta:
+    """`checks.frequency`, `prune.keep.within`: `12H`, `30d`, `2w`, `1m` (31 days), `1y` (365 days).
+
+    >>> parse_interval("2w").days
+    14
+    """
+    match = re.fullmatch(r"([1-9][0-9]*)([hHdwmy])", spec)
+    if not match:
+        raise ValueError(f"not a duration like 12h, 30d, 2w, 1m or 1y: {spec!r}")
+    return timedelta(hours=int(match[1]) * INTERVAL_HOURS[match[2]])
 
 
 def _list(value) -> tuple[str, ...]:

@@ -13,10 +13,10 @@ borg only when borg will delete something. Times are UTC (borg runs with TZ=UTC)
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from collections.abc import Mapping, Sequence
 
-from pyinfra_backup.borg import Archive
+from pyinfra_backup.borg import Archive, parse_interval
 
 PERIODS = {
     "secondly": "%Y-%m-%d %H:%M:%S",
@@ -27,14 +27,6 @@ PERIODS = {
     "monthly": "%Y-%m",
     "yearly": "%Y",
 }
-HOURS = {"H": 1, "d": 24, "w": 24 * 7, "m": 24 * 31, "y": 24 * 365}
-
-
-def within_hours(spec: str) -> int:
-    """borg's interval: `7d` -> 168."""
-    return int(spec[:-1]) * HOURS[spec[-1]]
-
-
 def _split(archives: Sequence[Archive], rule: str, count: int, kept: set[str]) -> None:
     """Keep the newest archive of each of the last `count` periods (-1: of every period)."""
     if count == 0:
@@ -62,7 +54,7 @@ def to_prune(archives: Sequence[Archive], keep: Mapping[str, int | str], now: da
     if ordered and ordered[0].is_checkpoint:  # the newest checkpoint is kept when nothing finished since
         kept.add(ordered[0].name)
     if "within" in keep:
-        horizon = now - timedelta(hours=within_hours(str(keep["within"])))
+        horizon = now - parse_interval(str(keep["within"]))
         kept.update(a.name for a in finished if a.time > horizon)
     for rule in PERIODS:
         if rule in keep:

@@ -27,7 +27,6 @@ import reprlib
 import struct
 from collections import defaultdict
 from collections.abc import Mapping
-from datetime import timedelta
 from pathlib import Path
 
 import jsonschema
@@ -160,17 +159,6 @@ FORMATS = {
     "ssh-public-key": check_ssh_public_key,
     "age-recipient": check_age_recipient,
 }
-
-_UNITS = {"h": 1, "H": 1, "d": 24, "w": 24 * 7, "m": 24 * 31, "y": 24 * 365}  # hours, as borg's intervals
-
-
-def parse_duration(spec: str) -> timedelta:
-    """checks.frequency / prune.keep.within: '12h', '30d', '2w', '1m' (31 days), '1y' (365 days)."""
-    match = re.fullmatch(r"([1-9][0-9]*)([hHdwmy])", spec)
-    if not match:
-        raise ValueError(f"not a duration like 12h, 30d, 2w, 1m or 1y: {spec!r}")
-    return timedelta(hours=int(match[1]) * _UNITS[match[2]])
-
 
 # --- the validator ----------------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from facts.borg import (
 from tasks.common import HostError, host_operation
 from pyinfra_backup.borg import (
     BACKUP_KEY, KNOWN_HOSTS, check_argv, compact_argv, create_argv,
-    extract_argv, borg_env, explain_error, frequency_seconds, init_argv, prune_argv,
+    extract_argv, borg_env, explain_error, init_argv, parse_interval, prune_argv,
 )
 from pyinfra_backup.enrollment import authorized_keys, operator_location, server_repos
 from pyinfra_backup.metrics import job_metrics_from_records, render_textfile
@@ -349,7 +349,7 @@ def check(job: str):
         host.noop(f"{job}: no checks.frequency")
         return
     last = client_state(host).records[job].check_ok
-    period = frequency_seconds(planned.job.check_frequency)
+    period = parse_interval(planned.job.check_frequency).total_seconds()
     if last and (_now() - last).total_seconds() < period and not _forced(job, "backup_force_check"):
         host.noop(f"{job}: checked {_ago(last)}, every {planned.job.check_frequency}")
         return

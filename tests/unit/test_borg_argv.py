@@ -3,7 +3,7 @@
 import json
 
 from pyinfra_backup.borg import (
-    Job, Location, borg_env, check_argv, create_argv, explain_error, frequency_seconds, parse_list, prune_argv,
+    Job, Location, borg_env, check_argv, create_argv, explain_error, parse_interval, parse_list, prune_argv,
 )
 from pyinfra_backup.shell import atomic_write, parse_sections, sectioned_script, with_env
 
@@ -45,7 +45,7 @@ def test_prune_argv_matches_only_this_jobs_archives():
 def test_check_argv_verify_data():
     job = Job.from_data("system", {**SEED, "checks": {"frequency": "30d", "verifyData": True}})
     assert check_argv(job, "R") == ["borg", "check", "--verify-data", "R"]
-    assert frequency_seconds("30d") == 30 * 86400 and frequency_seconds("12h") == 43200
+    assert parse_interval("30d").total_seconds() == 30 * 86400 and parse_interval("12h").total_seconds() == 43200
 
 
 def test_passphrase_only_through_passcommand_or_fd():

@@ -8,8 +8,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from pyinfra_backup.borg import Archive, RepoListing, archive_glob, keep_argv
-from pyinfra_backup.prune import to_prune, within_hours
+from pyinfra_backup.borg import Archive, RepoListing, archive_glob, keep_argv, parse_interval
+from pyinfra_backup.prune import to_prune
 
 ENV = {**os.environ, "TZ": "UTC", "BORG_PASSPHRASE": "", "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes"}
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
@@ -71,5 +71,8 @@ def test_nothing_to_prune_when_every_archive_is_kept():
 
 
 def test_within_units_follow_borg():
-    assert within_hours("12H") == 12 and within_hours("2d") == 48 and within_hours("1w") == 168
-    assert within_hours("1m") == 24 * 31 and within_hours("1y") == 24 * 365
+    hours = lambda spec: parse_interval(spec).total_seconds() / 3600  # noqa: E731
+    assert hours("12H") == 12 and hours("2d") == 48 and hours("1w") == 168
+    assert hours("1m") == 24 * 31 and hours("1y") == 24 * 365
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_interval("30")

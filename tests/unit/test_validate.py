@@ -21,7 +21,6 @@ from pyinfra_backup.validate import (
     check_repo,
     host_data_errors,
     load_schema,
-    parse_duration,
     require_valid_inventory,
 )
 
@@ -196,15 +195,6 @@ def test_encryption_modes(mode):
 
 def test_keep_minus_one_and_within():
     assert errors(job(prune={"keep": {"within": "12H", "yearly": -1, "secondly": 0}, "prefix": ""})) == []
-
-
-def test_parse_duration():
-    assert parse_duration("30d").days == 30
-    assert parse_duration("12h").total_seconds() == 12 * 3600
-    assert parse_duration("2w").days == 14
-    assert parse_duration("1m").days == 31
-    with pytest.raises(ValueError):
-        parse_duration("30")
 
 
 # --- malformed inputs: one exact message each -------------------------------------------------------
