@@ -6,16 +6,9 @@ from pyinfra_backup.borg import (
     Job, Location, borg_env, check_argv, create_argv, explain_error, parse_interval, parse_list, prune_argv,
 )
 from pyinfra_backup.shell import atomic_write, parse_sections, sectioned_script, with_env
+from tests.unit.seed import SEED_JOB
 
-SEED = {
-    "paths": ["/home", "/var/lib", "/etc/nixos"],
-    "repo": "borg@backup-server:/backups/hostname",
-    "encryption": {"mode": "repokey-blake2", "passCommand": "cat /run/secrets/borg-passphrase"},
-    "compression": "auto,lzma",
-    "startAt": "daily",
-    "prune": {"keep": {"daily": 7, "weekly": 4, "monthly": 6}},
-    "exclude": ["*.pyc"],
-}
+SEED = {**SEED_JOB, "exclude": ["*.pyc"]}
 
 
 def test_defaults_follow_nixos():

@@ -14,6 +14,7 @@ import jsonschema
 import pytest
 from pyinfra.api.exceptions import PyinfraError
 
+from tests.unit.seed import SEED_JOB
 from pyinfra_backup.validate import (
     InvalidHostData,
     check_calendar,
@@ -29,14 +30,7 @@ ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDdfcEh8NgnivsyQLWZaKdxw2kxRiX+TZ
 AGE = "age1gj8yp9t4mnkmg3vwt7s2wzq33p8uy0syz9n30vl6rfy24l0f447qlkmkfq"
 
 # The seed guide's job, as is.
-SEED = {"borgbackup": {"jobs": {"system": {
-    "paths": ["/home", "/var/lib", "/etc/nixos"],
-    "repo": "borg@backup-server:/backups/hostname",
-    "encryption": {"mode": "repokey-blake2", "passCommand": "cat /run/secrets/borg-passphrase"},
-    "compression": "auto,lzma",
-    "startAt": "daily",
-    "prune": {"keep": {"daily": 7, "weekly": 4, "monthly": 6}},
-}}}}
+SEED = {"borgbackup": {"jobs": {"system": SEED_JOB}}}
 
 # `nix eval --json .#nixosConfigurations.host01.config.services.borgbackup`: every option, unused ones at
 # their defaults, nullable ones null, coercedTo-str arguments as strings.
