@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from dataclasses import dataclass
 from collections.abc import Mapping
 
@@ -103,17 +104,19 @@ def plan_jobs(client: str, data: Mapping, servers: Mapping[str, Server]) -> list
 
 
 def serve_line(command: str, key: str) -> str:
-    return f'command="{command}",restrict {key}'
+    """One authorized_keys line; a `"` in the command is escaped as sshd's option syntax wants."""
+    escaped = command.replace('"', '\\"')  # sshd unescapes only \" inside an option
+    return f'command="{escaped}",restrict {key}'
 
 
 def repo_serve_command(path: str, repo: Mapping, append_only: bool) -> str:
     """NixOS' repos module forced command for one repo."""
     restrict = "--restrict-to-path ." if repo.get("allowSubRepos") else "--restrict-to-repository ."
-    words = [f"cd {path} && borg serve {restrict}"]
+    words = [f"cd {shlex.quote(path)} && borg serve {restrict}"]
     if append_only:
         words.append("--append-only")
     if repo.get("quota"):
-        words.append(f"--storage-quota {repo['quota']}")
+        words.append(f"--storage-quota {shlex.quote(str(repo['quota']))}")
     return " ".join(words)
 
 
@@ -148,5 +151,5 @@ def authorized_keys(repos: Mapping[str, Mapping], operator_keys: tuple[str, ...]
     for user, user_paths in paths.items():
         base = os.path.commonpath(user_paths) if len(user_paths) > 1 else os.path.dirname(user_paths[0])
         for key in operator_keys:
-            lines[user].append(serve_line(f"borg serve --restrict-to-path {base}", key))
+            lines[user].append(serve_line(f"borg serve --restrict-to-path {shlex.quote(base)}", key))
     return lines

@@ -67,3 +67,12 @@ def test_plan_marks_enrolled_jobs_and_leaves_others_alone():
     assert plan["system"].location.url == "borg@10.0.0.2:."
     assert "IdentitiesOnly=yes" in plan["system"].location.rsh and "StrictHostKeyChecking=yes" in plan["system"].location.rsh
     assert plan["local"].server is None and plan["local"].location.url == "/srv/borg"
+
+
+def test_a_path_with_shell_or_option_characters_stays_one_quoted_word():
+    from pyinfra_backup.enrollment import repo_serve_command, serve_line
+
+    command = repo_serve_command('/srv/my "repos"/a b', {}, append_only=True)
+    assert command == "cd '/srv/my \"repos\"/a b' && borg serve --restrict-to-repository . --append-only"
+    line = serve_line(command, KEY_A)
+    assert line == f'command="cd \'/srv/my \\"repos\\"/a b\' && borg serve --restrict-to-repository . --append-only",restrict {KEY_A}'
