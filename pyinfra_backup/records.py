@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from pyinfra_backup.borg import STATE_DIR
-from pyinfra_backup.shell import sh_join
+from pyinfra_backup.shell import ReadFile, sh_join
 
 JOBS_DIR = f"{STATE_DIR}/jobs"
 FILES = {"create": "last-create.json", "attempt": "last-attempt", "check": "last-check", "checkok": "last-check-ok"}
@@ -69,9 +69,9 @@ def parse_attempt(text: str) -> Attempt | None:
     return Attempt(_time(words[0]), int(words[1]), "\n".join(lines[1:]).strip())
 
 
-def read_sections(job: str) -> dict[str, str]:
-    """Section name suffix -> command, for `sectioned_script` (absent files: a failed section)."""
-    return {key: f"cat {sh_join([f'{job_dir(job)}/{name}'])}" for key, name in FILES.items()}
+def read_sections(job: str) -> dict[str, ReadFile]:
+    """Section name suffix -> file read, for `sectioned_script` (absent files: a failed section)."""
+    return {key: ReadFile(f"{job_dir(job)}/{name}") for key, name in FILES.items()}
 
 
 def parse_records(texts: dict[str, str | None]) -> JobRecords:

@@ -23,7 +23,7 @@ from facts.borg import (
     BorgRepoFiles, RestoreTarget, backup_key as client_key, changed_in_run, client_state, fleet_servers, forget, host_keys, host_plan,
     repo_listings, server_state, servers_of, textfile_path,
 )
-from tasks.common import HostError, host_operation
+from tasks.common import HostError, contained, host_operation
 from pyinfra_backup.borg import (
     BACKUP_KEY, KNOWN_HOSTS, check_argv, compact_argv, create_argv,
     extract_argv, borg_env, explain_error, init_argv, parse_interval, prune_argv,
@@ -358,6 +358,24 @@ def check(job: str):
     yield check_command(job, run)
 
 
+@host_operation
+def backup():
+    """The host's backup run as one operation: `pin_server_keys`, then every job in turn (`init`,
+    `create` when due, `prune` + compact, `check`), then `outcome`. A run with nothing due costs one
+    operation per host, not five per job. A failed step skips the rest of its job only; the other
+    jobs go on, and `outcome` fails the host naming each failed job and why.
+
+    Example: `backup()`, after `backup_key()` and the servers' `repo_server()` (deploys/backup.py).
+    """
+    if any(planned.server for planned in host_plan(host, inventory)):
+        yield from pin_server_keys._inner()
+    for planned in host_plan(host, inventory):
+        job = planned.job.name
+        for step in (init, create, prune, check):
+            yield from contained(step._inner(job=job), lambda job=job: _failed_jobs().add(job))
+    yield from outcome._inner()
+
+
 def _failures(records) -> list[str]:
     reasons = []
     for job, record in sorted(records.items()):
@@ -396,9 +414,8 @@ def _ping(state, host, url: str, kind: str, excerpt: str | None) -> bool:  # noq
 def outcome():
     """The end of a host's backup run: writes the node_exporter textfile (`monitoring.textfile_dir`)
     when the jobs' records changed, pings `monitoring.ping_url` (success or /fail with the reasons)
-    when a backup ran, and fails the host when any of its job steps failed in this run (those run
-    with `_ignore_errors` so that one job's failure does not stop the others), naming each
-    failed job and why.
+    when a backup ran, and fails the host when any of its job steps failed in this run (inside
+    `backup()`, or as separate operations run with `_ignore_errors`), naming each failed job and why.
 
     Example: `outcome()` after every job's steps.
     """
