@@ -203,8 +203,11 @@ def pin_server_keys():
 
 
 @host_operation
-def init(job: str):
+def init(job: str, unless_create_will: bool = False):
     """Initialise the job's repo with its encryption mode when it does not exist (`doInit`).
+    With `unless_create_will`, a host with no archive on record whose create runs next leaves it to
+    `create`, which initialises the repo only if borg finds none: a new host's first run then opens
+    its repo once, not twice (`backup()` does this).
 
     Example: `init(job="system")`.
     """
@@ -215,6 +218,9 @@ def init(job: str):
     if recorded:
         host.noop(f"{job}: repo exists: this host made {recorded[0]} in it")
         return
+    if unless_create_will and planned.job.do_init and _not_due(planned) is None:
+        host.noop(f"{job}: no archive on record: create initialises the repo if borg finds none")
+        return
     listing = _readable_listing(job)
     if listing.exists:
         host.noop(f"{job}: repo exists ({listing.encryption}, id {listing.repo_id[:12]})")
@@ -224,6 +230,22 @@ def init(job: str):
     forget(host)
     env = borg_env(planned.job, planned.location)
     yield with_env(env, init_argv(planned.job, planned.location))
+
+
+def _not_due(planned) -> str | None:
+    """Why the job's create has nothing to do now, or None when it is due (or forced)."""
+    job = planned.job.name
+    if _forced(job):
+        return None
+    if not planned.job.start_at:
+        return f"{job}: startAt is empty: runs only with backup_force"
+    last = client_state(host).records[job].last_archive
+    schedule = Schedule.parse(list(planned.job.start_at))
+    now = _now()
+    if last and schedule.due_state(last[1], now) == "fresh":
+        return (f"{job}: not due: last archive {last[0]} made {_ago(last[1])}; "
+                f"next after {schedule.next(now):%Y-%m-%d %H:%M} UTC")
+    return None
 
 
 @host_operation
@@ -237,26 +259,22 @@ def create(job: str):
     planned = _job(job)
     if planned is None:
         return
+    reason = _not_due(planned)
+    if reason:
+        host.noop(reason)
+        return
     state = client_state(host)
-    hostname, last = state.hostname, state.records[job].last_archive
-    schedule = Schedule.parse(list(planned.job.start_at))
-    now = _now()
-    if not _forced(job):
-        if not planned.job.start_at:
-            host.noop(f"{job}: startAt is empty: runs only with backup_force")
-            return
-        if last and schedule.due_state(last[1], now) == "fresh":
-            host.noop(f"{job}: not due: last archive {last[0]} made {_ago(last[1])}; "
-                      f"next after {schedule.next(now):%Y-%m-%d %H:%M} UTC")
-            return
     forget(host)
-    argv = create_argv(planned.job, planned.job.base_name(hostname), planned.location.url, _lock_wait())
-    run = with_env(borg_env(planned.job, planned.location), argv)
+    env = borg_env(planned.job, planned.location)
+    argv = create_argv(planned.job, planned.job.base_name(state.hostname), planned.location.url, _lock_wait())
+    first = not state.records[job].last_archive and planned.job.do_init
+    init_if_missing = with_env(env, init_argv(planned.job, planned.location)) if first else None
     _created().add(job)
     ping_url = (host.data.get("monitoring") or {}).get("ping_url")
     if ping_url:
         yield FunctionCommand(_ping, (ping_url, "start", None), {})
-    yield create_command(job, run, accept_warnings=not planned.job.fail_on_warnings)
+    yield create_command(job, with_env(env, argv), accept_warnings=not planned.job.fail_on_warnings,
+                         init_if_missing=init_if_missing)
 
 
 def _operator_location(planned):
@@ -372,7 +390,8 @@ def backup():
     for planned in host_plan(host, inventory):
         job = planned.job.name
         for step in (init, create, prune, check):
-            yield from contained(step._inner(job=job), lambda job=job: _failed_jobs().add(job))
+            arguments = {"unless_create_will": True} if step is init else {}
+            yield from contained(step._inner(job=job, **arguments), lambda job=job: _failed_jobs().add(job))
     yield from outcome._inner()
 
 

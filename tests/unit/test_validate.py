@@ -455,3 +455,24 @@ def test_pyinfra_run_proceeds_on_valid_data(tmp_path):
     run, marker = _pyinfra(tmp_path, job(startAt=None, repo=str(tmp_path / "repo")))
     assert run.returncode == 0, run.stdout + run.stderr
     assert marker.exists()
+
+
+def test_hosts_sharing_their_data_are_validated_once_and_each_named(monkeypatch):
+    from pyinfra_backup import validate
+
+    calls = []
+    real = validate._validator
+
+    def counting():
+        calls.append(1)
+        return real()
+
+    monkeypatch.setattr(validate, "_validator", counting)
+    monkeypatch.setattr(validate, "_SEEN", {})
+    bad = {"borgbackup": {"jobs": {"system": {**SEED_JOB, "prune": {"keep": {"daily": -2}}}}}}
+    first = validate.host_data_errors("h1", {**bad, "ssh_hostname": "10.0.0.1", "note": {"free": 1}})
+    second = validate.host_data_errors("h2", {**bad, "ssh_hostname": "10.0.0.2", "note": {"free": 2}})
+    assert len(calls) == 1  # same schema keys, other keys differ only in values the schema leaves free
+    assert first == [line.replace("h2:", "h1:") for line in second] and first[0].startswith("h1: borgbackup.jobs.system")
+    validate.host_data_errors("h3", {**bad, "backup_force": True})  # another value of a schema key: validated
+    assert len(calls) == 2
