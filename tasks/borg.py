@@ -10,12 +10,11 @@ from a deploy (see deploys/backup.py) or directly:
 from __future__ import annotations
 
 import os
-import subprocess
 from datetime import datetime, timezone
 
 from pyinfra import host, inventory, logger
 from pyinfra import state as ctx_state
-from pyinfra.api import FunctionCommand, StringCommand
+from pyinfra.api import FunctionCommand
 from pyinfra.facts.files import Directory
 from pyinfra.facts.server import Home
 
@@ -23,12 +22,13 @@ from facts.borg import (
     BorgRepoFiles, RestoreTarget, backup_key as client_key, changed_in_run, client_state, fleet_servers, forget, host_keys, host_plan,
     repo_listings, server_state, servers_of, textfile_path,
 )
+from tasks import operator
 from tasks.common import HostError, contained, host_operation
 from pyinfra_backup.borg import (
     BACKUP_KEY, KNOWN_HOSTS, check_argv, compact_argv, create_argv,
     extract_argv, borg_env, explain_error, init_argv, parse_interval, prune_argv,
 )
-from pyinfra_backup.enrollment import authorized_keys, operator_location, server_repos
+from pyinfra_backup.enrollment import authorized_keys, server_repos
 from pyinfra_backup.metrics import job_metrics_from_records, render_textfile
 from pyinfra_backup.ping import ping
 from pyinfra_backup.prune import to_prune
@@ -277,43 +277,17 @@ def create(job: str):
                          init_if_missing=init_if_missing)
 
 
-def _operator_location(planned):
-    """The job's repo as the operator reaches it: full access with `borgbackup.operatorIdentity`,
-    the server's host key checked against the operator's own known_hosts for it."""
-    server_host = inventory.get_host(planned.server.name)
-    return operator_location(
-        planned.server, host.name, (host.data.get("borgbackup") or {}).get("operatorIdentity", "~/.ssh/id_ed25519"),
-        server_host.data.get("ssh_known_hosts_file") or "~/.ssh/known_hosts",
-    )
-
-
 def _run_operator_borg(state, host, planned, location, argvs: list[list[str]]) -> bool:  # noqa: F811 (pyinfra passes `host`)
-    """Run borg on the operator's machine with the operator's key (full access). The
-    passphrase comes from the job's passCommand on the host, through an anonymous pipe."""
-    passphrase = b""
-    if planned.job.mode != "none":
-        ok, output = host.run_shell_command(StringCommand(planned.job.pass_command), print_output=False)
-        if not ok:
-            host.log_styled(f"job {planned.job.name}: the passCommand failed on the host", fg="red", log_func=logger.error)
-            return False
-        passphrase = "\n".join(output.stdout_lines).encode()
-    for argv in argvs:
-        read_end, write_end = os.pipe()
-        env = borg_env(planned.job, location, {"BORG_PASSPHRASE_FD": str(read_end)})
-        try:
-            proc = subprocess.Popen(argv, env={**os.environ, **env}, pass_fds=(read_end,),
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        finally:
-            os.close(read_end)
-        with os.fdopen(write_end, "wb") as pipe:
-            pipe.write(passphrase)
-        out, err = proc.communicate()
-        if proc.returncode != 0 and not (proc.returncode == 1 and not planned.job.fail_on_warnings):
-            reason = (err.decode(errors="replace").strip().splitlines() or [f"exit {proc.returncode}"])[-1]
-            command = next(word for word in argv[1:] if not word.startswith("-"))
-            host.log_styled(f"job {planned.job.name}: borg {command} failed: {reason}", fg="red", log_func=logger.error)
-            return False
-    forget(host)
+    """Run borg on the operator's machine with the operator's key (full access); see tasks/operator.py."""
+    try:
+        secret = operator.passphrase(host, planned)
+        for argv in argvs:
+            operator.run_borg(planned, location, argv, secret)
+    except operator.OperatorError as error:
+        host.log_styled(str(error), fg="red", log_func=logger.error)
+        return False
+    finally:
+        forget(host)
     return True
 
 
@@ -341,7 +315,7 @@ def prune(job: str):
     if not doomed:
         host.noop(f"{job}: nothing to prune ({len(archives)} archives within prune.keep)")
         return
-    location = planned.location if planned.server is None else _operator_location(planned)
+    location = planned.location if planned.server is None else operator.location(host, planned)
     wait = _lock_wait()
     argvs = [prune_argv(planned.job, base, location.url, wait), compact_argv(planned.job, location.url, wait)]
     if planned.server is not None:
