@@ -104,6 +104,11 @@ def parse_sections(lines: Iterable[str]) -> dict[str, Section]:
     sections: dict[str, Section] = {}
     current: list[str] | None = None
     for line in lines:
+        cut = line.find(MARK + " ")
+        if cut > 0:  # a section's output without a final newline: its last line, then the next marker
+            if current is not None:
+                current.append(line[:cut])
+            line = line[cut:]
         if line.startswith(MARK + " "):
             words = line[len(MARK) + 1 :].split(" ")
             section = sections.setdefault(words[0], Section())

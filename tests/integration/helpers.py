@@ -29,6 +29,13 @@ def operator_borg(setup: dict, client: str, *args: str, check: bool = True):
     return subprocess.run(argv, env=env, capture_output=True, text=True, check=check)
 
 
+def tree(fleet, name: str, path: str) -> str:
+    """Every entry under `path` inside a fleet host (relative name, uid, gid, mode, type, link target),
+    then every regular file's sha256: equal trees print the same text."""
+    return fleet.run(name, f"cd {path} && find . -printf '%p %U %G %m %y %l\\n' | sort && "
+                           "find . -type f -print0 | sort -z | xargs -0 sha256sum").stdout
+
+
 def in_host(fleet, name: str, cmd: str) -> list[str]:
     """argv that runs `cmd` inside a fleet host, for a background process (fleet.run waits)."""
     pid = str(fleet.host(name).pid)

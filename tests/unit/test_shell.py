@@ -32,3 +32,10 @@ def test_commands_and_reads_mix(tmp_path):
     _, got = _run({"cmd": "echo out; echo err >&2; exit 3", "f": ReadFile(str(tmp_path / "f"))})
     assert (got["cmd"].stdout, got["cmd"].stderr, got["cmd"].rc) == (["out"], ["err"], 3)
     assert got["f"].stdout == ["x"]
+
+
+def test_a_section_without_a_final_newline_does_not_swallow_the_next(tmp_path):
+    (tmp_path / "f").write_text("no newline at the end")
+    _, got = _run({"cat": f"cat {tmp_path / 'f'}", "next": "echo next"})
+    assert got["cat"].stdout == ["no newline at the end"] and got["cat"].rc == 0
+    assert got["next"].stdout == ["next"] and got["next"].rc == 0
