@@ -17,7 +17,8 @@ from __future__ import annotations
 import functools
 
 from pyinfra import logger
-from pyinfra.api import FunctionCommand, operation
+from pyinfra.api import FunctionCommand, StringCommand, operation
+from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
 
 
 class HostError(Exception):
@@ -48,3 +49,13 @@ def host_operation(func):
             yield _fail(str(error))
 
     return operation()(body)
+
+
+def run_in_operation(state, host, command: str):
+    """Run `command` from a FunctionCommand of the executing operation with that operation's
+    connector arguments (`_sudo`, `_su_user`, `_env`, ... or `--sudo`), which pyinfra applies to
+    yielded commands but not to a function's own `host.run_shell_command`. -> (ok, CommandOutput)."""
+    arguments = state.get_op_data_for_host(host, host.executing_op_hash).global_arguments
+    connector_arguments = {key: arguments[key] for key in CONNECTOR_ARGUMENT_KEYS if key in arguments}
+    return host.run_shell_command(StringCommand(command), print_output=state.print_output,
+                                  print_input=state.print_input, **connector_arguments)

@@ -10,11 +10,11 @@ is where it was asked to be.
 from __future__ import annotations
 
 from pyinfra import host, logger
-from pyinfra.api import FunctionCommand, StringCommand
+from pyinfra.api import FunctionCommand
 
 from facts.nixos import NixosGenerations, NixosToplevel
 from pyinfra_backup.nixos import ACTIONS, REBUILT, SystemProfile, rebuild_script, rollback_commands, toplevel
-from tasks.common import HostError, host_operation
+from tasks.common import HostError, host_operation, run_in_operation
 
 
 def _system() -> SystemProfile:
@@ -57,8 +57,7 @@ def rollback(generation):
 
 def _run_rebuild(state, host, script: str) -> bool:  # noqa: F811 (pyinfra passes `host`)
     """Run the build-compare-switch script and say what it did."""
-    ok, output = host.run_shell_command(StringCommand(script), print_output=state.print_output,
-                                        print_input=state.print_input)
+    ok, output = run_in_operation(state, host, script)
     lines = [line.strip() for line in output.stdout_lines if line.strip()]
     if not ok:
         errors = [line.strip() for line in output.stderr_lines if line.strip()]

@@ -37,7 +37,7 @@ printf '%s' "24.05.$rev" > "$out/nixos-version"
 if [ -n "$configRev" ]; then json="{\"nixosVersion\":\"24.05.$rev\",\"configurationRevision\":\"$configRev\"}"
 else json="{\"nixosVersion\":\"24.05.$rev\"}"; fi
 printf '#!/bin/sh\necho %s\n' "'$json'" > "$out/sw/bin/nixos-version"
-printf '#!/bin/sh\nset -e\n[ "$1" != switch ] || ln -sfn %s /run/current-system\necho "$1 %s" >> %s\n' "$out" "$out" /var/log/pbk-activations > "$out/bin/switch-to-configuration"
+printf '#!/bin/sh\nset -e\n[ "$1" != switch ] || ln -sfn %s /run/current-system\necho "$1 %s${PBK_VIA:+ via $PBK_VIA}" >> %s\n' "$out" "$out" /var/log/pbk-activations > "$out/bin/switch-to-configuration"
 /bin/chmod +x "$out/bin/switch-to-configuration" "$out/sw/bin/nixos-version"
 """
 
@@ -148,17 +148,20 @@ def test_rollback_to_a_missing_generation_fails_that_host_and_says_which_exist(s
 
 def test_rebuild_boot_sets_the_boot_default_only_and_a_later_switch_activates_it(setup, built):
     configure(setup, "r4")
+    running = sh(setup, "readlink -f /run/current-system")
     boot = run(setup, "tasks.nixos.rebuild", "flake=path:/srv/flake", "action=boot")
     assert boot.returncode == 0 and "rebuild: switched to" in boot.stdout, boot.stdout
     gen4 = sh(setup, f"readlink -f {PROFILES}/system-4-link")
     assert sh(setup, f"readlink {PROFILES}/system") == "system-4-link"
-    assert sh(setup, "readlink -f /run/current-system") == built["paths"][1]  # not activated
+    assert sh(setup, "readlink -f /run/current-system") == running  # not activated
     assert sh(setup, f"tail -n 1 {LOG}") == f"boot {gen4}"
     again = run(setup, "tasks.nixos.rebuild", "flake=path:/srv/flake", "action=boot")
     assert again.returncode == 0 and "No changes" in again.stdout, again.stdout
-    switch = run(setup, "tasks.nixos.rebuild", "flake=path:/srv/flake")
+    # the operation's connector arguments (here _env; _sudo alike) reach the script run at execute time
+    switch = run(setup, "tasks.nixos.rebuild", "flake=path:/srv/flake", '_env={"PBK_VIA": "the-operation"}')
     assert switch.returncode == 0 and "] Success" in switch.stdout, switch.stdout
     assert sh(setup, "readlink -f /run/current-system") == gen4
+    assert sh(setup, f"tail -n 1 {LOG}") == f"switch {gen4} via the-operation"
     assert sh(setup, f"ls {PROFILES} | grep -c '^system-.*-link$'") == "4"  # no new generation
 
 
