@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from paramiko import SSHException
 from pyinfra import logger
 from pyinfra.api import FunctionCommand, StringCommand, operation
+from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
 from pyinfra.api.command import PyinfraCommand
 from pyinfra.api.util import log_host_command_error, print_host_combined_output
 
@@ -89,3 +90,13 @@ def contained(commands: Iterable, on_failure: Callable[[], None]):
     """Each command (a string or a pyinfra command) as `Contained`."""
     for command in commands:
         yield Contained(StringCommand(command) if isinstance(command, str) else command, on_failure)
+
+
+def run_in_operation(state, host, command: str):
+    """Run `command` from a FunctionCommand of the executing operation with that operation's
+    connector arguments (`_sudo`, `_su_user`, `_env`, ... or `--sudo`), which pyinfra applies to
+    yielded commands but not to a function's own `host.run_shell_command`. -> (ok, CommandOutput)."""
+    arguments = state.get_op_data_for_host(host, host.executing_op_hash).global_arguments
+    connector_arguments = {key: arguments[key] for key in CONNECTOR_ARGUMENT_KEYS if key in arguments}
+    return host.run_shell_command(StringCommand(command), print_output=state.print_output,
+                                  print_input=state.print_input, **connector_arguments)
