@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
+from dataclasses import dataclass
 
 from pyinfra import inventory
 from pyinfra.api import StringCommand
@@ -83,3 +85,37 @@ def run_borg(planned: PlannedJob, where: Location, argv: list[str], secret: byte
         command = next(word for word in argv[1:] if not word.startswith("-"))
         raise OperatorError(f"job {planned.job.name}: borg {command} failed: {reason}")
     return out.decode(errors="replace")
+
+
+@dataclass
+class Piped:
+    """What `pipe_to_host` saw: bytes sent, the host script's output and exit status, seconds."""
+
+    sent: int
+    output: str
+    errors: str
+    status: int
+    seconds: float
+
+
+def pipe_to_host(host, proc: subprocess.Popen, script: str, chunk: int = 1 << 20) -> Piped:
+    """Stream `proc`'s stdout (a process on this machine) into `script` run on the host over the
+    host's own SSH connection (no second login, no credential on the host). Raises OperatorError
+    when the connection breaks; the caller checks `proc`'s exit status and `Piped.status`."""
+    started = time.monotonic()
+    channel = host.connector.client.get_transport().open_session()
+    channel.exec_command(script)
+    sent = 0
+    try:
+        while data := proc.stdout.read(chunk):
+            channel.sendall(data)
+            sent += len(data)
+    except OSError as error:
+        proc.kill()
+        raise OperatorError(f"the stream to the host broke off after {sent} bytes: {error}") from None
+    finally:
+        proc.stdout.close()
+    channel.shutdown_write()
+    output = channel.makefile("rb").read().decode(errors="replace")
+    errors = channel.makefile_stderr("rb").read().decode(errors="replace")
+    return Piped(sent, output, errors, channel.recv_exit_status(), time.monotonic() - started)

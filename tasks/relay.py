@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
-import time
 
 from pyinfra import host, inventory, logger
 from pyinfra.api import FunctionCommand
@@ -24,9 +23,6 @@ from pyinfra_backup.borg import export_tar_argv, list_argv, parse_list
 from pyinfra_backup.relay import REPLACED_DIR, pick_archive, unpack_script
 from tasks import operator
 from tasks.common import HostError, host_operation
-
-CHUNK = 1 << 20
-
 
 class Hidden:
     """A secret handed to a command at execute time; pyinfra prints commands with their arguments."""
@@ -40,40 +36,27 @@ class Hidden:
 
 def _relay(state, host, planned, where, secret: Hidden, name: str, paths: tuple[str, ...], script: str) -> bool:  # noqa: F811
     """borg export-tar here, piped into the host's unpack script over its SSH connection."""
-    started = time.monotonic()
-    with tempfile.TemporaryFile() as borg_err:
+    with tempfile.TemporaryFile() as borg_errors:
         proc = operator.popen_borg(planned, where, export_tar_argv(planned.job, where.url, name, paths), secret.value,
-                                   stdout=subprocess.PIPE, stderr=borg_err)
-        channel = host.connector.client.get_transport().open_session()
-        channel.exec_command(script)
-        sent = 0
+                                   stdout=subprocess.PIPE, stderr=borg_errors)
         try:
-            while chunk := proc.stdout.read(CHUNK):
-                channel.sendall(chunk)
-                sent += len(chunk)
-        except OSError as error:  # the host went away mid-stream: its side staged nothing in place
-            proc.kill()
-            host.log_styled(f"relay of {name} broke off after {sent} bytes: {error}", fg="red", log_func=logger.error)
+            piped = operator.pipe_to_host(host, proc, script)
+        except operator.OperatorError as error:
+            host.log_styled(f"relay of {name}: {error}", fg="red", log_func=logger.error)
             return False
-        finally:
-            proc.stdout.close()
-        channel.shutdown_write()
-        output = channel.makefile("rb").read().decode(errors="replace")
-        errors = channel.makefile_stderr("rb").read().decode(errors="replace")
-        status = channel.recv_exit_status()
         borg_rc = proc.wait()
-        borg_err.seek(0)
-        borg_errors = borg_err.read().decode(errors="replace").strip()
+        borg_errors.seek(0)
+        reason = (borg_errors.read().decode(errors="replace").strip().splitlines() or [f"exit status {borg_rc}"])[-1]
     if borg_rc != 0:
-        reason = (borg_errors.splitlines() or [f"exit status {borg_rc}"])[-1]
         host.log_styled(f"borg export-tar {name} failed on the operator's machine: {reason}", fg="red", log_func=logger.error)
         return False
-    if status != 0:
-        host.log_styled(f"unpacking {name} on the host failed: {errors.strip() or status}", fg="red", log_func=logger.error)
+    if piped.status != 0:
+        host.log_styled(f"unpacking {name} on the host failed: {piped.errors.strip() or piped.status}", fg="red",
+                        log_func=logger.error)
         return False
-    for line in output.splitlines():
+    for line in piped.output.splitlines():
         host.log_styled(line, log_func=logger.info)
-    host.log_styled(f"relayed {name}: {sent / 1e6:.1f} MB in {time.monotonic() - started:.1f}s", log_func=logger.info)
+    host.log_styled(f"relayed {name}: {piped.sent / 1e6:.1f} MB in {piped.seconds:.1f}s", log_func=logger.info)
     return True
 
 
