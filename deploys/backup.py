@@ -13,7 +13,7 @@ from pyinfra import host, inventory
 
 from facts.borg import fleet_servers, host_plan
 from pyinfra_backup.validate import require_valid_inventory
-from tasks import borg
+from tasks import borg, offsite
 
 require_valid_inventory()
 
@@ -39,3 +39,7 @@ for planned in plan:
     borg.check(job=job, name=f"borg check {job}", _ignore_errors=True)
 if plan:
     borg.outcome(name="Backup outcome")
+
+# Last: each operation runs on every host before the next, so every client's steps are done.
+if offsite.configured(host):
+    offsite.copy(name="Offsite copy of the repos (rclone)")

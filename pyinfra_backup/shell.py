@@ -35,8 +35,9 @@ def with_env(env: Mapping[str, str], argv: Iterable[str]) -> str:
     return " ".join([*assignments, sh_join(argv)])
 
 
-def sectioned_script(sections: Mapping[str, str]) -> str:
-    """One POSIX sh script running each command and printing it as a named section."""
+def sectioned_script(sections: Mapping[str, str], stop_on_failure: bool = False) -> str:
+    """One POSIX sh script running each command and printing it as a named section; with
+    `stop_on_failure`, the sections after a failed one do not run (and are absent from the output)."""
     parts = ['_e=$(mktemp)']
     for name, command in sections.items():
         label = shlex.quote(f"{MARK} {name}")
@@ -44,6 +45,7 @@ def sectioned_script(sections: Mapping[str, str]) -> str:
             f"echo {label}; ( {command} ) 2>\"$_e\"; _rc=$?; "
             f"echo {shlex.quote(f'{MARK} {name} stderr')}; cat \"$_e\"; "
             f"echo {shlex.quote(f'{MARK} {name} rc')} $_rc"
+            + ('; [ $_rc -eq 0 ] || { rm -f "$_e"; exit 0; }' if stop_on_failure else "")
         )
     parts.append('rm -f "$_e"; exit 0')
     return "; ".join(parts)

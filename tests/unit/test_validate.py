@@ -209,7 +209,7 @@ MALFORMED = [
     (job(pathz=["/home"]), f"{J}.pathz: unknown key (expected one of: {JOB_KEYS}), did you mean paths?"),
     ({"borgbackup": {"job": {}}},
      "host01: borgbackup.job: unknown key (expected one of: jobs, repos, operatorKeys, operatorIdentity, "
-     "lockWait), did you mean jobs?"),
+     "lockWait, offsite), did you mean jobs?"),
     (SEED | {"borgbackups": {}},
      "host01: borgbackups: unknown key (expected one of: borgbackup, system_state, config_repo, agenix, "
      "monitoring, backup_force, backup_force_check, recover_archive, recover_jobs, recover_target, recover_ref, "
