@@ -40,6 +40,7 @@ for planned in plan:
 if plan:
     borg.outcome(name="Backup outcome")
 
-# Last: each operation runs on every host before the next, so every client's steps are done.
-if offsite.configured(host):
+# Last, on every host (a no-op but on servers with borgbackup.offsite): pyinfra orders operations
+# by each host's own sequence, so the copy follows every client's steps only if it is in theirs.
+if offsite.wanted(inventory):
     offsite.copy(name="Offsite copy of the repos (rclone)")

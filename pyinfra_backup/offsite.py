@@ -6,7 +6,7 @@ Host data `borgbackup.offsite` of a repo server (inventory/schema.json)::
      "options": {"host": "vault.example.org", "user": "borg-offsite", "key_file": "/root/.ssh/offsite",
                  "known_hosts_file": "/etc/ssh/ssh_known_hosts"},
      "secretCommands": {"key_file_pass": "cat /run/agenix/offsite"},
-     "backupDir": "borg-deleted"}
+     "backupDir": "borg-deleted", "extraArgs": ["--bwlimit", "20M"]}
 
 Each repo `<name>` of the server is mirrored to `<remote>:<path>/<name>` by `rclone sync`, then
 verified by `rclone check --one-way` (sizes and hashes), and only then is the repo's fingerprint
@@ -105,6 +105,7 @@ class Offsite:
     remote: rclone.Remote
     path: str
     backup_dir: str | None = None
+    extra_args: tuple[str, ...] = ()
 
     @classmethod
     def from_data(cls, data: Mapping) -> "Offsite | None":
@@ -116,7 +117,7 @@ class Offsite:
             options=dict(spec.get("options") or {}), secret_commands=dict(spec.get("secretCommands") or {}),
         )
         backup_dir = (spec.get("backupDir") or "").rstrip("/") or None
-        return cls(remote, spec["path"].rstrip("/") or "/", backup_dir)
+        return cls(remote, spec["path"].rstrip("/") or "/", backup_dir, tuple(spec.get("extraArgs") or ()))
 
     def destination(self, repo: str) -> str:
         return f"{self.remote.name}:{self.path.rstrip('/')}/{repo}"
@@ -149,8 +150,9 @@ def copy_script(offsite: Offsite, repo: str, path: str, stamp: str) -> str:
     sections = {
         "lock": f'[ -n "$_fp" ] || {{ echo {absent} >&2; exit 1; }}; '
                 f"test ! -e {sh_join([path + '/lock.exclusive'])} || {{ echo {locked} >&2; exit 1; }}",
-        "sync": rclone.command(offsite.remote, rclone.sync_argv(path, dest, EXCLUDES, offsite.backup_target(repo, stamp))),
-        "check": rclone.command(offsite.remote, rclone.check_argv(path, dest, EXCLUDES)),
+        "sync": rclone.command(offsite.remote, rclone.sync_argv(
+            path, dest, EXCLUDES, offsite.backup_target(repo, stamp), offsite.extra_args)),
+        "check": rclone.command(offsite.remote, rclone.check_argv(path, dest, EXCLUDES, offsite.extra_args)),
         "record": f'[ "$({fingerprint})" = "$_fp" ] || {{ echo {changed} >&2; exit 1; }}; '
                   f"mkdir -p {RECORDS_DIR} && printf '%s\\n%s\\n%s\\n' {offsite.identity} \"$(date +%s)\" \"$_fp\" "
                   f"> {tmp} && mv -f {tmp} {record}",

@@ -100,9 +100,10 @@ class Remote:
         return f"{self.type} {user}{host}{port}"
 
 
-def sync_argv(source: str, dest: str, excludes: Iterable[str] = (), backup_dir: str | None = None) -> list[str]:
+def sync_argv(source: str, dest: str, excludes: Iterable[str] = (), backup_dir: str | None = None,
+              extra: Iterable[str] = ()) -> list[str]:
     """`rclone sync` that logs each file it copies or deletes and its totals (JSON, `sync_stats`)."""
-    argv = ["rclone", "sync", source, dest, *COMMON_FLAGS, "-v", "--stats", "1h"]
+    argv = ["rclone", "sync", source, dest, *COMMON_FLAGS, "-v", "--stats", "1h", *extra]
     for pattern in excludes:
         argv += ["--exclude", pattern]
     if backup_dir:
@@ -110,9 +111,9 @@ def sync_argv(source: str, dest: str, excludes: Iterable[str] = (), backup_dir: 
     return argv
 
 
-def check_argv(source: str, dest: str, excludes: Iterable[str] = ()) -> list[str]:
+def check_argv(source: str, dest: str, excludes: Iterable[str] = (), extra: Iterable[str] = ()) -> list[str]:
     """`rclone check --one-way`: every source file is at dest with the same size and hash."""
-    argv = ["rclone", "check", source, dest, *COMMON_FLAGS, "--one-way"]
+    argv = ["rclone", "check", source, dest, *COMMON_FLAGS, "--one-way", *extra]
     for pattern in excludes:
         argv += ["--exclude", pattern]
     return argv

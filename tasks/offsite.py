@@ -1,7 +1,7 @@
 """Offsite copies of a repo server's borg repos with rclone (3-2-1): see pyinfra_backup/offsite.py.
 
-`deploys/backup.py` runs `copy()` last, on every host with `borgbackup.offsite`, after every
-client's backup steps. On its own:
+`deploys/backup.py` runs `copy()` last, after every client's backup steps (see `wanted`).
+On its own:
 
     pyinfra -y INVENTORY tasks.offsite.copy --limit SERVER
 """
@@ -22,8 +22,23 @@ from tasks.common import HostError, host_operation
 
 
 def configured(target) -> bool:
-    """Whether a host has `borgbackup.offsite`: `if offsite.configured(host): offsite.copy()`."""
+    """Whether a host has `borgbackup.offsite`."""
     return bool((target.data.get("borgbackup") or {}).get("offsite"))
+
+
+def wanted(fleet) -> bool:
+    """Whether any host of the inventory copies offsite (worked out once per inventory).
+
+    pyinfra orders operations by each host's own sequence of them, not by the deploy file alone:
+    an operation only the server runs would run right after the server's previous one, before
+    the clients' backups. So every host runs `copy()` last (a no-op where not configured)::
+
+        if offsite.wanted(inventory):
+            offsite.copy()
+    """
+    if not hasattr(fleet, "_pyinfra_backup_offsite"):
+        fleet._pyinfra_backup_offsite = any(configured(target) for target in fleet)
+    return fleet._pyinfra_backup_offsite
 
 
 def _repos() -> dict[str, str]:
@@ -70,7 +85,7 @@ def copy():
     """
     offsite = Offsite.from_data(host.data.dict())
     if offsite is None:
-        host.noop("no borgbackup.offsite")
+        host.noop("no borgbackup.offsite on this host")
         return
     repos = _repos()
     state = host.get_fact(OffsiteRepos, repos=repos)

@@ -97,7 +97,8 @@ def test_copy_script_mirrors_checks_and_records(repo, records, tmp_path):
 
 
 def test_a_deleted_file_goes_to_the_backup_dir(repo, records, tmp_path):
-    offsite = local_offsite(tmp_path, backupDir="borg-deleted")
+    offsite = local_offsite(tmp_path, backupDir="borg-deleted", extraArgs=["--transfers", "1"])
+    assert offsite.extra_args == ("--transfers", "1")
     sh(copy_script(offsite, "host01", str(repo), "t1"))
     (repo / "README").unlink()
     run = sh(copy_script(offsite, "host01", str(repo), "t2"))
@@ -149,7 +150,8 @@ def test_fact_reads_fingerprints_and_records(repo, records, tmp_path):
 SERVER = {"borgbackup": {"repos": {}, "offsite": {
     "type": "sftp", "path": "borg",
     "options": {"host": "vault", "user": "u", "port": 22, "key_file": "/k", "known_hosts_file": "/etc/ssh/ssh_known_hosts"},
-    "secretCommands": {"key_file_pass": "cat /run/secrets/offsite"}, "backupDir": "borg-deleted"}}}
+    "secretCommands": {"key_file_pass": "cat /run/secrets/offsite"}, "backupDir": "borg-deleted",
+    "extraArgs": ["--bwlimit", "10M"]}}}
 
 
 def mutated(change) -> dict:
@@ -182,6 +184,7 @@ O = "backup: borgbackup.offsite"
     (lambda b, o: o["options"].update(port=[22]),
      f"{O}.options.port: expected a string, integer or boolean, got a value (not shown)"),
     (lambda b, o: o.update(type="SFTP"), f"{O}.type: expected an rclone backend name, e.g. sftp, got 'SFTP'"),
+    (lambda b, o: o.update(extraArgs="--bwlimit 10M"), f"{O}.extraArgs: expected a list of strings, got '--bwlimit 10M'"),
 ])
 def test_bad_offsite_data(change, message):
     assert host_data_errors("backup", mutated(change)) == [message]

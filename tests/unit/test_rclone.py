@@ -70,9 +70,9 @@ def test_a_failing_secret_command_stops_before_rclone(command, reason):
 
 
 def test_argv():
-    assert rclone.sync_argv("/r", "o:b/r", ["/lock.roster"], "o:old/r/t") == [
+    assert rclone.sync_argv("/r", "o:b/r", ["/lock.roster"], "o:old/r/t", ["--bwlimit", "1M"]) == [
         "rclone", "sync", "/r", "o:b/r", "--config", "/dev/null", "--use-json-log", "-v", "--stats", "1h",
-        "--exclude", "/lock.roster", "--backup-dir", "o:old/r/t"]
+        "--bwlimit", "1M", "--exclude", "/lock.roster", "--backup-dir", "o:old/r/t"]
     assert rclone.check_argv("/r", "o:b/r") == [
         "rclone", "check", "/r", "o:b/r", "--config", "/dev/null", "--use-json-log", "--one-way"]
 
