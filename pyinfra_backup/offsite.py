@@ -106,6 +106,7 @@ class Offsite:
     path: str
     backup_dir: str | None = None
     extra_args: tuple[str, ...] = ()
+    verify: str = "full"  # or "size"
 
     @classmethod
     def from_data(cls, data: Mapping) -> "Offsite | None":
@@ -117,7 +118,8 @@ class Offsite:
             options=dict(spec.get("options") or {}), secret_commands=dict(spec.get("secretCommands") or {}),
         )
         backup_dir = (spec.get("backupDir") or "").rstrip("/") or None
-        return cls(remote, spec["path"].rstrip("/") or "/", backup_dir, tuple(spec.get("extraArgs") or ()))
+        return cls(remote, spec["path"].rstrip("/") or "/", backup_dir, tuple(spec.get("extraArgs") or ()),
+                   spec.get("verify") or "full")
 
     def destination(self, repo: str) -> str:
         return f"{self.remote.name}:{self.path.rstrip('/')}/{repo}"
@@ -152,7 +154,8 @@ def copy_script(offsite: Offsite, repo: str, path: str, stamp: str) -> str:
                 f"test ! -e {sh_join([path + '/lock.exclusive'])} || {{ echo {locked} >&2; exit 1; }}",
         "sync": rclone.command(offsite.remote, rclone.sync_argv(
             path, dest, EXCLUDES, offsite.backup_target(repo, stamp), offsite.extra_args)),
-        "check": rclone.command(offsite.remote, rclone.check_argv(path, dest, EXCLUDES, offsite.extra_args)),
+        "check": rclone.command(offsite.remote, rclone.check_argv(
+            path, dest, EXCLUDES, offsite.extra_args, size_only=offsite.verify == "size")),
         "record": f'[ "$({fingerprint})" = "$_fp" ] || {{ echo {changed} >&2; exit 1; }}; '
                   f"mkdir -p {RECORDS_DIR} && printf '%s\\n%s\\n%s\\n' {offsite.identity} \"$(date +%s)\" \"$_fp\" "
                   f"> {tmp} && mv -f {tmp} {record}",
@@ -168,6 +171,7 @@ class CopyResult:
     reason: str | None
     stats: dict
     matching: int | None
+    hashed: bool = True
 
     @property
     def unreachable(self) -> bool:
@@ -177,15 +181,17 @@ class CopyResult:
     def summary(self) -> str:
         stats = self.stats
         return (f"{stats.get('transfers', 0)} files copied ({_size(stats.get('bytes', 0))}), "
-                f"{stats.get('deletes', 0)} deleted; rclone check: {self.matching} files match")
+                f"{stats.get('deletes', 0)} deleted; rclone check: {self.matching} files match"
+                + ("" if self.hashed else " (sizes only)"))
 
 
-def copy_result(sections: Mapping[str, Section]) -> CopyResult:
-    """Read `copy_script`'s output back (`parse_sections`)."""
+def copy_result(sections: Mapping[str, Section], verify: str = "full") -> CopyResult:
+    """Read `copy_script`'s output back (`parse_sections`); `verify` as given to it."""
     sync = sections.get("sync")
     stats = rclone.sync_stats(sync.stderr) if sync else {}
     check = sections.get("check")
     matching = rclone.counted(check.stderr, "matching files") if check else None
+    hashed = verify == "full" and (rclone.hashed(check.stderr) if check else True)
     for step in STEPS:
         section = sections.get(step)
         if section is None or not section.ok:
@@ -194,8 +200,8 @@ def copy_result(sections: Mapping[str, Section]) -> CopyResult:
             else:
                 reason = rclone.failure(section.stderr) if step in ("sync", "check") else None
                 reason = reason or section.error
-            return CopyResult(step, reason, stats, matching)
-    return CopyResult(None, None, stats, matching)
+            return CopyResult(step, reason, stats, matching, hashed)
+    return CopyResult(None, None, stats, matching, hashed)
 
 
 def _size(count: int) -> str:

@@ -111,9 +111,11 @@ def sync_argv(source: str, dest: str, excludes: Iterable[str] = (), backup_dir: 
     return argv
 
 
-def check_argv(source: str, dest: str, excludes: Iterable[str] = (), extra: Iterable[str] = ()) -> list[str]:
-    """`rclone check --one-way`: every source file is at dest with the same size and hash."""
-    argv = ["rclone", "check", source, dest, *COMMON_FLAGS, "--one-way", *extra]
+def check_argv(source: str, dest: str, excludes: Iterable[str] = (), extra: Iterable[str] = (),
+               size_only: bool = False) -> list[str]:
+    """`rclone check --one-way`: every source file is at dest with the same size and hash (or size only:
+    listings, no file read)."""
+    argv = ["rclone", "check", source, dest, *COMMON_FLAGS, "--one-way", *(["--size-only"] if size_only else []), *extra]
     for pattern in excludes:
         argv += ["--exclude", pattern]
     return argv
@@ -153,6 +155,12 @@ def counted(lines: Iterable[str], what: str) -> int | None:
         if len(words) == 2 and words[1] == what and words[0].isdigit():
             return int(words[0])
     return None
+
+
+def hashed(lines: Iterable[str]) -> bool:
+    """Whether rclone check compared hashes (else sizes only: the two sides share no hash type, e.g. an
+    sftp account that cannot run md5sum)."""
+    return not any("No common hash found" in str(entry.get("msg")) for entry in parse_log(lines))
 
 
 def failure(lines: Iterable[str]) -> str | None:

@@ -53,21 +53,21 @@ def _repos() -> dict[str, str]:
 def _copy(state, host, offsite: Offsite, repos: dict[str, str], stamp: str) -> bool:  # noqa: F811 (pyinfra passes `host`)
     """Copy, check and record each repo (one remote command each); one repo's failure does not stop
     the others, except an unreachable remote. The host fails at the end, naming each failed repo."""
-    failures, unreachable = [], None
+    failures, unreachable = [], False
     for name, path in repos.items():
         where = f"repo {name} -> {offsite.destination(name)}"
         if unreachable:
             failures.append(f"{where}: not tried, the remote is unreachable")
             continue
         _, output = host.run_shell_command(StringCommand(copy_script(offsite, name, path, stamp)), print_output=False)
-        result = copy_result(parse_sections(output.stdout_lines))
+        result = copy_result(parse_sections(output.stdout_lines), offsite.verify)
         if result.failed_step is None:
             host.log_styled(f"offsite: {where}: {result.summary()}", log_func=logger.info)
             continue
-        step = f"rclone {result.failed_step}" if result.failed_step in ("sync", "check") else result.failed_step
-        failures.append(f"{where}: {step} failed: {result.reason}")
-        if result.unreachable:
-            unreachable = result.reason
+        rclone_step = result.failed_step in ("sync", "check")
+        failures.append(f"{where}: rclone {result.failed_step} failed: {result.reason}" if rclone_step
+                        else f"{where}: {result.reason}")
+        unreachable = result.unreachable
     for failure in failures:
         host.log_styled(f"{host.name}: borgbackup.offsite ({offsite.remote.describe()}): {failure}; "
                         "nothing recorded, the repo is untouched", fg="red", log_func=logger.error)

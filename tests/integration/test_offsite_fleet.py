@@ -55,10 +55,10 @@ def setup(_fleet_session, tmp_path_factory):
         fleet.down()
 
 
-def _prepare(fleet, tmp) -> dict:
-    borg_pass, key_pass = "pp-" + secrets.token_hex(12), "offsite-" + secrets.token_hex(12)
-    fleet.run("host01", f"umask 077 && printf %s {borg_pass} > /root/borg-pass && mkdir -p /srv/data && "
-                        "head -c 2000000 /dev/urandom > /srv/data/blob && echo hello > /srv/data/hello")
+def prepare_vault(fleet, tmp) -> str:
+    """An sftp account `vault` on the host `vault`, reached from `backup` with a key whose passphrase
+    (returned) is in backup's SECRET_FILE (0600)."""
+    key_pass = "offsite-" + secrets.token_hex(12)
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", key_pass, "-C", "offsite@backup", "-f", tmp / "key"],
                    check=True)
     fleet.run("backup", f"install -d -m 0700 /root/.ssh {os.path.dirname(SECRET_FILE)}")
@@ -68,6 +68,14 @@ def _prepare(fleet, tmp) -> dict:
                        "install -d -m 0700 -o vault -g vault /srv/vault/.ssh && "
                        "cat > /srv/vault/.ssh/authorized_keys && chown vault: /srv/vault/.ssh/authorized_keys",
               input=(tmp / "key.pub").read_text())
+    return key_pass
+
+
+def _prepare(fleet, tmp) -> dict:
+    borg_pass = "pp-" + secrets.token_hex(12)
+    fleet.run("host01", f"umask 077 && printf %s {borg_pass} > /root/borg-pass && mkdir -p /srv/data && "
+                        "head -c 2000000 /dev/urandom > /srv/data/blob && echo hello > /srv/data/hello")
+    key_pass = prepare_vault(fleet, tmp)
     server = {"borgbackup": {"repos": {"legacy": {"path": LEGACY}}, "offsite": offsite(fleet)}}
     groups = {"clients": ["host01"], "servers": ["backup"]}
 
@@ -155,8 +163,8 @@ def test_second_run_changes_nothing_and_does_not_contact_the_remote(setup):
     run = pyinfra(setup["main"], "deploys/backup.py", "-v")
     assert run.returncode == 0, run.stdout
     assert "] Success" not in run.stdout
-    assert re.search(r"\[backup\] .*2 repos unchanged since their last verified copy to offsite:borg \(sftp vault@", run.stdout), \
-        run.stdout
+    unchanged = r"\[backup\] .*2 repos unchanged since their last verified copy to offsite:borg \(sftp vault@"
+    assert re.search(unchanged, run.stdout), run.stdout
     assert files(copy_of(setup, "host01")) == before
     assert vault_logins(setup) == logins  # rclone never ran
     assert fleet.exec_count("backup") - commands == 2  # the repo server's fact and the offsite fact
@@ -186,8 +194,9 @@ def test_a_new_archive_copies_only_what_borg_wrote(setup):
 
 def test_an_unreachable_remote_fails_the_server_alone_and_changes_nothing(setup):
     fleet = setup["fleet"]
+    refused_once = ["--low-level-retries", "1"]  # rclone's default tries a refused connection 10 times
     wrong = setup["inventory"]("inventory-wrong-port.py", {"borgbackup": {
-        "repos": {"legacy": {"path": LEGACY}}, "offsite": offsite(fleet, ["--low-level-retries", "1"], port=2)}})  # refused at once, not 10 times
+        "repos": {"legacy": {"path": LEGACY}}, "offsite": offsite(fleet, refused_once, port=2)}})
     records = fleet.run("backup", "cat /var/lib/pyinfra-backup/offsite/*").stdout
     repo, copies = files(fleet.path("backup", REPO)), files(copy_of(setup, "host01"))
     run = pyinfra(wrong, "deploys/backup.py")

@@ -107,6 +107,16 @@ def test_a_deleted_file_goes_to_the_backup_dir(repo, records, tmp_path):
     assert not (tmp_path / "vault" / "borg" / "host01" / "README").exists()
 
 
+def test_verify_size_checks_sizes_only(repo, records, tmp_path):
+    script = copy_script(local_offsite(tmp_path, verify="size"), "host01", str(repo), "t")
+    assert script.count("--size-only") == 1  # the check's, not the sync's
+    run = sh(script)
+    result = copy_result(parse_sections(run.stdout.splitlines()), "size")
+    assert result.failed_step is None and not result.hashed and result.summary().endswith(" (sizes only)")
+    assert copy_result(parse_sections(sh(copy_script(local_offsite(tmp_path), "host01", str(repo), "t")).stdout
+                                      .splitlines())).hashed
+
+
 def test_a_locked_repo_is_not_copied_nor_recorded(repo, records, tmp_path):
     (repo / "lock.exclusive").mkdir()
     run = sh(copy_script(local_offsite(tmp_path), "host01", str(repo), "t"))
@@ -185,6 +195,7 @@ O = "backup: borgbackup.offsite"
      f"{O}.options.port: expected a string, integer or boolean, got a value (not shown)"),
     (lambda b, o: o.update(type="SFTP"), f"{O}.type: expected an rclone backend name, e.g. sftp, got 'SFTP'"),
     (lambda b, o: o.update(extraArgs="--bwlimit 10M"), f"{O}.extraArgs: expected a list of strings, got '--bwlimit 10M'"),
+    (lambda b, o: o.update(verify="hash"), f"{O}.verify: expected full or size, got 'hash'"),
 ])
 def test_bad_offsite_data(change, message):
     assert host_data_errors("backup", mutated(change)) == [message]

@@ -48,7 +48,8 @@ def test_prelude_exports_plain_options_and_an_obscured_secret_that_rclone_reveal
     assert env["RCLONE_CONFIG_OFFSITE_SET_MODTIME"] == "true"
     obscured = env["RCLONE_CONFIG_OFFSITE_KEY_FILE_PASS"]
     assert obscured != SECRET
-    revealed = subprocess.run(["rclone", "reveal", obscured], capture_output=True, text=True, check=True)
+    revealed = subprocess.run(["rclone", "reveal", "--", obscured],  # "--": it may start with "-"
+                              capture_output=True, text=True, check=True)
     assert revealed.stdout.strip() == SECRET
 
 
@@ -90,12 +91,18 @@ def test_sync_and_check_with_a_remote_from_the_environment_only(tmp_path):
     assert sorted(p.name for p in (tmp_path / "dst" / "repo").iterdir()) == ["a"]
     check = sh(rclone.command(remote, rclone.check_argv(str(tmp_path / "src"), "vault:repo", ["/lock.roster"])))
     assert check.returncode == 0 and rclone.counted(check.stderr.splitlines(), "matching files") == 1
+    assert rclone.hashed(check.stderr.splitlines())
     (tmp_path / "dst" / "repo" / "a").write_bytes(b"y" * 1000)
     bad = sh(rclone.command(remote, rclone.check_argv(str(tmp_path / "src"), "vault:repo", ["/lock.roster"])))
     assert bad.returncode != 0
     assert rclone.failure(bad.stderr.splitlines()) == "a: md5 differ"
     again = sh(rclone.command(remote, rclone.sync_argv(str(tmp_path / "src"), "vault:repo", ["/lock.roster"])))
     assert rclone.sync_stats(again.stderr.splitlines())["transfers"] == 1  # same size, other mtime: copied
+
+
+def test_a_check_without_a_common_hash_is_told():
+    line = json.dumps({"level": "notice", "msg": "No common hash found - not using a hash for checks"})
+    assert not rclone.hashed([line])
 
 
 def test_failure_of_an_unreachable_remote_is_its_fatal_line():
