@@ -1,8 +1,6 @@
 """What an offsite copy needs to know of a repo server, in ONE remote command and without
 contacting the remote: whether rclone is there, each repo's fingerprint, and the record of
-its last verified copy (pyinfra_backup/offsite.py).
-
-    pyinfra INVENTORY fact facts.offsite.OffsiteRepos 'repos={"host01": "/var/lib/borgbackup/host01"}'
+its last verified copy (pyinfra_backup/offsite.py). Read by `tasks.offsite.copy`.
 """
 
 from __future__ import annotations

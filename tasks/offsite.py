@@ -57,7 +57,7 @@ def _copy(state, host, offsite: Offsite, repos: dict[str, str], stamp: str) -> b
     for name, path in repos.items():
         where = f"repo {name} -> {offsite.destination(name)}"
         if unreachable:
-            failures.append(f"{where}: not tried, the remote is unreachable")
+            failures.append(f"{where}: not tried, the remote cannot be reached or logged into")
             continue
         _, output = host.run_shell_command(StringCommand(copy_script(offsite, name, path, stamp)), print_output=False)
         result = copy_result(parse_sections(output.stdout_lines), offsite.verify)

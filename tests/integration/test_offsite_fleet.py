@@ -205,7 +205,7 @@ def test_an_unreachable_remote_fails_the_server_alone_and_changes_nothing(setup)
     assert re.search(rf"\[backup\] backup: borgbackup.offsite \(sftp vault@{re.escape(address)}:2\): repo host01 -> "
                      r"offsite:borg/host01: rclone sync failed: Failed to create file system .*connection refused; "
                      "nothing recorded, the repo is untouched", run.stdout), run.stdout
-    assert re.search(r"\[backup\] .*repo legacy -> offsite:borg/legacy: not tried, the remote is unreachable", run.stdout)
+    assert re.search(r"\[backup\] .*repo legacy -> offsite:borg/legacy: not tried, the remote cannot be reached or logged into", run.stdout)
     assert not re.search(r"\[host01\] .*(Error|failed)", run.stdout), run.stdout
     assert fleet.run("backup", "cat /var/lib/pyinfra-backup/offsite/*").stdout == records
     assert files(fleet.path("backup", REPO)) == repo and files(copy_of(setup, "host01")) == copies
