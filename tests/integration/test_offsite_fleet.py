@@ -159,7 +159,7 @@ def test_the_key_passphrase_is_never_in_argv_output_or_files(setup):
 def test_second_run_changes_nothing_and_does_not_contact_the_remote(setup):
     fleet = setup["fleet"]
     before, logins = files(copy_of(setup, "host01")), vault_logins(setup)
-    commands = fleet.exec_count("backup")
+    commands = {name: fleet.exec_count(name) for name in ("host01", "backup")}
     run = pyinfra(setup["main"], "deploys/backup.py", "-v")
     assert run.returncode == 0, run.stdout
     assert "] Success" not in run.stdout
@@ -167,7 +167,8 @@ def test_second_run_changes_nothing_and_does_not_contact_the_remote(setup):
     assert re.search(unchanged, run.stdout), run.stdout
     assert files(copy_of(setup, "host01")) == before
     assert vault_logins(setup) == logins  # rclone never ran
-    assert fleet.exec_count("backup") - commands == 2  # the repo server's fact and the offsite fact
+    assert fleet.exec_count("backup") - commands["backup"] == 2  # the repo server's fact and the offsite fact
+    assert fleet.exec_count("host01") - commands["host01"] == 1  # the client's copy() is a no-op without a command
 
 
 def test_a_new_archive_copies_only_what_borg_wrote(setup):
