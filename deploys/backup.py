@@ -13,7 +13,7 @@ from pyinfra import host, inventory
 
 from facts.borg import fleet_servers, host_plan
 from pyinfra_backup.validate import require_valid_inventory
-from tasks import borg
+from tasks import borg, offsite
 
 require_valid_inventory()
 
@@ -28,3 +28,7 @@ if host.name in fleet_servers(inventory):
     borg.repo_server(name="Repo server: users, repo directories, authorized_keys")
 if plan:
     borg.backup(name="Backup jobs: " + ", ".join(planned.job.name for planned in plan))
+
+# Last: each server with borgbackup.offsite copies its repos offsite once its clients' backups ran.
+if offsite.wanted(inventory):
+    offsite.copy(name="Offsite copy of the repos (rclone)")

@@ -58,8 +58,9 @@ class ReadFile:
 _READ_FUNCTION = """_pbk_read() { while IFS= read -r _l || [ -n "$_l" ]; do printf '%s\\n' "$_l"; done < "$1"; }"""
 
 
-def sectioned_script(sections: Mapping[str, str | ReadFile]) -> str:
-    """One POSIX sh script running each command (or `ReadFile`) and printing it as a named section."""
+def sectioned_script(sections: Mapping[str, str | ReadFile], stop_on_failure: bool = False) -> str:
+    """One POSIX sh script running each command (or `ReadFile`) and printing it as a named section;
+    with `stop_on_failure`, the commands after a failed one do not run (and are absent from the output)."""
     commands = {name: c for name, c in sections.items() if not isinstance(c, ReadFile)}
     parts = ['_e=$(mktemp)'] if commands else []
     if len(commands) < len(sections):
@@ -73,6 +74,7 @@ def sectioned_script(sections: Mapping[str, str | ReadFile]) -> str:
             f"echo {label}; ( {command} ) 2>\"$_e\"; _rc=$?; "
             f"echo {shlex.quote(f'{MARK} {name} stderr')}; cat \"$_e\"; "
             f"echo {shlex.quote(f'{MARK} {name} rc')} $_rc"
+            + ('; [ $_rc -eq 0 ] || { rm -f "$_e"; exit 0; }' if stop_on_failure else "")
         )
     parts.append('rm -f "$_e"; exit 0' if commands else "exit 0")
     return "; ".join(parts)
