@@ -29,6 +29,9 @@ if host.name in fleet_servers(inventory):
 if plan:
     borg.backup(name="Backup jobs: " + ", ".join(planned.job.name for planned in plan))
 
-# Last: each server with borgbackup.offsite copies its repos offsite once its clients' backups ran.
-if offsite.wanted(inventory):
+# Last: a server with borgbackup.offsite copies its repos offsite. pyinfra orders the operations
+# of all hosts in layers of each host's own sequence (then by line): the copy, second in the
+# server's sequence, runs after `backup`, second in every enrolled client's (see the offsite fleet
+# test). An operation added before `backup` in the clients' sequence must come before the copy here.
+if offsite.configured(host):
     offsite.copy(name="Offsite copy of the repos (rclone)")

@@ -26,21 +26,6 @@ def configured(target) -> bool:
     return bool((target.data.get("borgbackup") or {}).get("offsite"))
 
 
-def wanted(fleet) -> bool:
-    """Whether any host of the inventory copies offsite (worked out once per inventory).
-
-    pyinfra orders operations by each host's own sequence of them, not by the deploy file alone:
-    an operation only the server runs would run right after the server's previous one, before
-    the clients' backups. So every host runs `copy()` last (a no-op where not configured)::
-
-        if offsite.wanted(inventory):
-            offsite.copy()
-    """
-    if not hasattr(fleet, "_pyinfra_backup_offsite"):
-        fleet._pyinfra_backup_offsite = any(configured(target) for target in fleet)
-    return fleet._pyinfra_backup_offsite
-
-
 def _repos() -> dict[str, str]:
     """The server's repos, by name -> path: those in its data and one per enrolled client."""
     server = fleet_servers(inventory).get(host.name)
