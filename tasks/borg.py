@@ -84,6 +84,16 @@ class JobError(HostError):
         return [record_attempt(self.job, 2, str(self))]
 
 
+def step_failed(failed_host, reason: str) -> None:
+    """A backup step of another module (tasks/state.py) failed on this host: `outcome` fails the
+    host at the end of the run and names the reason with the failed jobs'."""
+    if not hasattr(failed_host, "_pyinfra_backup_step_failures"):
+        failed_host._pyinfra_backup_step_failures = []
+    failures = failed_host._pyinfra_backup_step_failures
+    if reason not in failures:
+        failures.append(reason)
+
+
 def _failed_jobs() -> set[str]:
     """Jobs of this host that failed in this run (kept on the host object for the run)."""
     if not hasattr(host, "_pyinfra_backup_failed_jobs"):
@@ -406,14 +416,15 @@ def outcome():
     monitoring = host.data.get("monitoring") or {}
     changed = False
     results = ctx_state.get_results_for_host(host)
-    failed = bool(results.ignored_error_ops or _failed_jobs())
+    steps = getattr(host, "_pyinfra_backup_step_failures", [])
+    failed = bool(results.ignored_error_ops or _failed_jobs() or steps)
     path = textfile_path(host)
     if path and (state.textfile is None or failed or changed_in_run(host)):  # else nothing new to tell
         text = _textfile(state)
         if state.textfile != text:
             changed = True
             yield f"mkdir -p {sh_join([os.path.dirname(path)])} && " + atomic_write(path, text)
-    reasons = _failures(state.records) if failed else []
+    reasons = _failures(state.records) + steps if failed else []
     if monitoring.get("ping_url") and (failed or _created()):
         changed = True
         excerpt = "\n".join(reasons) if failed else None
