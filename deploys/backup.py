@@ -13,7 +13,7 @@ from pyinfra import host, inventory
 
 from facts.borg import fleet_servers, host_plan
 from pyinfra_backup.validate import require_valid_inventory
-from tasks import borg
+from tasks import borg, state
 
 require_valid_inventory()
 
@@ -37,5 +37,9 @@ for planned in plan:
     borg.create(job=job, name=f"borg create {job}", _ignore_errors=True)
     borg.prune(job=job, name=f"borg prune + compact {job}", _ignore_errors=True)
     borg.check(job=job, name=f"borg check {job}", _ignore_errors=True)
+    if job == state.state_job(host):  # host identity files (system_state) in this job's repo
+        state.snapshot(name=f"System state archive ({job})", _ignore_errors=True)
+        if state.age_recipients(host):
+            state.encrypted_copy(name="System state: age-encrypted copy", _ignore_errors=True)
 if plan:
     borg.outcome(name="Backup outcome")
