@@ -1,6 +1,6 @@
 """Facts about a host's identity files ("system state"), each read in ONE remote command.
 
-    pyinfra INVENTORY fact facts.state.StateDigest paths='["/etc/machine-id","/etc/ssh/ssh_host_*"]' job=system
+    pyinfra INVENTORY fact facts.state.StateDigest 'paths=["/etc/machine-id","/etc/ssh/ssh_host_*"]' job=system
 
 `StateDigest`: the live files (globs expanded, digest of content, type, owner and mode) and the
 digest of the last state archive. `StateArchive`: a state archive's items, read from the repo.

@@ -98,8 +98,9 @@ class Entry:
     def line(self) -> str:
         return f"{self.path}\0{self.type}\0{self.uid}:{self.gid}\0{self.mode:o}\0{self.sha256}\0{self.target}\n"
 
-    def describe(self) -> str:
-        return f"/{self.path} ({self.type} {self.uid}:{self.gid} {self.mode:04o})"
+    def to_json(self) -> dict:  # `pyinfra INVENTORY fact facts.state.StateDigest ...` prints it
+        return {"type": self.type, "owner": f"{self.uid}:{self.gid}", "mode": f"{self.mode:04o}",
+                **({"sha256": self.sha256} if self.sha256 else {}), **({"target": self.target} if self.type == "l" else {})}
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,11 @@ class LiveState:
     @property
     def digest(self) -> str:
         return state_digest(self.entries.values())
+
+    def to_json(self) -> dict:
+        return {"hostname": self.hostname, "digest": self.digest, "recorded_digest": self.recorded_digest,
+                "recorded_archive": self.recorded_archive, "roots": list(self.roots), "skipped": list(self.skipped),
+                "unreadable": list(self.unreadable), "entries": {f"/{p}": e for p, e in sorted(self.entries.items())}}
 
     @property
     def recorded_digest(self) -> str | None:

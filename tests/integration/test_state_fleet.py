@@ -67,7 +67,7 @@ def setup(state_fleet, tmp_path_factory):
     pins.write_text(fleet.known_hosts_path.read_text())
 
     def client_data(name, **state):
-        job = {"paths": ["/srv/data"], "repo": "borg@backup:.", "startAt": "daily",
+        job = {"paths": ["/srv/data"], "repo": "borg@backup:.", "startAt": "daily", "prune": {"keep": {"daily": 1}},
                "encryption": {"mode": "repokey-blake2", "passCommand": "cat /root/borg-pass"}}
         return {"borgbackup": {"jobs": {"system": job}, "operatorIdentity": str(op_key), "lockWait": 3},
                 "system_state": {"job": "system", "ageRecipients": [str(admin.to_public())],
@@ -116,17 +116,19 @@ def old_pin_connects(fleet, name: str) -> subprocess.CompletedProcess:
 def test_first_run_stores_one_state_archive_per_host_and_an_encrypted_copy(setup):
     run = setup["first_run"]
     assert run.returncode == 0, run.stdout
+    names = {}
     for client in CLIENTS:
         [name], data = archives(setup, client)
+        names[client] = name
         assert re.fullmatch(rf"{client}-system-state-\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\d", name)
         assert len(data) == 1  # the job's own archive, apart from the state one
-        items = operator_borg(setup, client, "list", "--format", "{mode} {uid} {gid} {path}{NL}", f"{{repo}}::{name}")
-        assert "-rw------- 0 0 etc/ssh/ssh_host_ed25519_key" in items.stdout.splitlines()
-        assert "-rw------- 0 113 var/lib/bluetooth/AA:BB:CC:DD:EE:FF/settings" in items.stdout.splitlines()
-        assert " etc/machine-id" in items.stdout and "var/lib/nixos/uid-map" in items.stdout
         assert len(copies(setup, client)) == 1
         record = json.loads(setup["fleet"].run(client, "cat /var/lib/pyinfra-backup/jobs/system/last-state.json").stdout)
         assert record["create"]["archive"]["name"] == name and len(record["digest"]) == 64
+    items = operator_borg(setup, "host02", "list", "--format", "{mode} {uid} {gid} {path}{NL}", f"{{repo}}::{names['host02']}")
+    assert "-rw------- 0 0 etc/ssh/ssh_host_ed25519_key" in items.stdout.splitlines()
+    assert "-rw------- 0 113 var/lib/bluetooth/AA:BB:CC:DD:EE:FF/settings" in items.stdout.splitlines()
+    assert " etc/machine-id" in items.stdout and "var/lib/nixos/uid-map" in items.stdout
     assert re.search(r"\[host01\] state: stored a state archive of \d+ entries in the repo of job system; "
                      r"not on this host, skipped: /var/lib/NetworkManager, /etc/NetworkManager/system-connections",
                      run.stdout), run.stdout
@@ -226,4 +228,5 @@ def test_an_unreadable_path_fails_that_host_only_and_changes_nothing(setup):
     for client in CLIENTS:
         state, data, copied, recorded = before[client]
         assert (after[client][0], after[client][2:]) == (state, (copied, recorded))  # no state archive, copy, record
-        assert len(after[client][1]) == len(data) + 1  # the job's own (forced) backup went on
+        # the job's own (forced) backup went on, and its prune (keep.daily=1) left the state archives alone
+        assert len(after[client][1]) == 1 and after[client][1] != data

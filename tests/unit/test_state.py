@@ -3,8 +3,9 @@ command and the restore script, run here with the real sh, find, sha256sum and b
 
 from __future__ import annotations
 
-import json
+import fnmatch
 import os
+from datetime import datetime, timezone
 import secrets
 import shutil
 import stat
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, strategies as st
 
-from pyinfra_backup.borg import Job, create_argv
+from pyinfra_backup.borg import Archive, Job, RepoListing, archive_glob, create_argv
 from pyinfra_backup.records import job_dir
 from pyinfra_backup.shell import with_env
 from pyinfra_backup.state import (
@@ -150,6 +151,17 @@ def test_follow_up_says_what_must_follow():
                                   entry("etc/machine-id")]))
     assert "restart sshd" in notes and "before the first switch" in notes and "reboot" in notes
     assert follow_up([entry("srv/other")]) == []
+
+
+def test_prune_and_freshness_leave_state_archives_alone():
+    job = Job.from_data("system", {"repo": "/r", "encryption": {"mode": "none"}, "paths": ["/etc"]})
+    when = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    names = ["h-system-2026-01-01T00:00:00", "h-system-state-2026-01-01T00:00:01", "h-system-2026-01-02T00:00:00.checkpoint"]
+    listing = RepoListing(exists=True, archives=tuple(Archive(n, when) for n in names))
+    assert [n for n in names if fnmatch.fnmatchcase(n, archive_glob("h-system"))] == [names[0], names[2]]  # borg prune
+    assert [a.name for a in listing.prune_candidates(job, "h-system")] == [names[0], names[2]]
+    assert [a.name for a in listing.job_archives("h-system")] == [names[0]]  # freshness
+    assert [n for n in names if fnmatch.fnmatchcase(n, state_glob("h-system"))] == [names[1]]
 
 
 def test_copy_key_follows_files_and_recipients_not_comments():
