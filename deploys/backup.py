@@ -13,7 +13,7 @@ from pyinfra import host, inventory
 
 from facts.borg import fleet_servers, host_plan
 from pyinfra_backup.validate import require_valid_inventory
-from tasks import borg, offsite
+from tasks import backup, borg, offsite
 
 require_valid_inventory()
 
@@ -21,13 +21,13 @@ plan = host_plan(host, inventory)
 enrolled = any(planned.server for planned in plan)
 
 # Order matters: the key exists before the server authorises it, and the server is set up
-# before the client pins its host keys and reaches its repo (both in `borg.backup`).
+# before the client pins its host keys and reaches its repo (both in `backup.run`).
 if enrolled:
     borg.backup_key(name="Backup key")
 if host.name in fleet_servers(inventory):
     borg.repo_server(name="Repo server: users, repo directories, authorized_keys")
 if plan:
-    borg.backup(name="Backup jobs: " + ", ".join(planned.job.name for planned in plan))
+    backup.run(name="Backup jobs: " + ", ".join(planned.job.name for planned in plan))
 
 # Last: a server with borgbackup.offsite copies its repos offsite. pyinfra orders the operations
 # of all hosts in layers of each host's own sequence (then by line): the copy, second in the

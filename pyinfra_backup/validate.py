@@ -291,6 +291,9 @@ def _extra_errors(data: Mapping) -> list[tuple[list, str]]:
     state = data.get("system_state")
     if isinstance(state, Mapping) and "job" in state:
         out += _job_name_errors(["system_state", "job"], state["job"], jobs)
+    elif isinstance(state, Mapping) and len(jobs) != 1:
+        where = f"one of: {', '.join(jobs)}" if jobs else "the host has no jobs"
+        out.append((["system_state", "job"], f"missing, expected the job whose repo keeps the state archives ({where})"))
     for key in ("backup_force", "backup_force_check", "recover_jobs"):
         if key in data and not isinstance(data[key], bool):
             out += _job_name_errors([key], data[key], jobs)

@@ -23,7 +23,7 @@ from facts.borg import (
     repo_listings, server_state, servers_of, textfile_path,
 )
 from tasks import operator
-from tasks.common import HostError, contained, host_operation
+from tasks.common import HostError, host_operation
 from pyinfra_backup.borg import (
     BACKUP_KEY, KNOWN_HOSTS, check_argv, compact_argv, create_argv,
     extract_argv, borg_env, explain_error, init_argv, parse_interval, prune_argv,
@@ -77,14 +77,24 @@ class JobError(HostError):
     def __init__(self, job: str, message: str):
         super().__init__(f"{host.name}: job {job}: {message}")
         self.job = job
-        _failed_jobs().add(job)
+        failed_jobs().add(job)
 
     def record(self) -> list[str]:
         forget(host)
         return [record_attempt(self.job, 2, str(self))]
 
 
-def _failed_jobs() -> set[str]:
+def step_failed(failed_host, reason: str) -> None:
+    """A backup step of another module (tasks/state.py) failed on this host: `outcome` fails the
+    host at the end of the run and names the reason with the failed jobs'."""
+    if not hasattr(failed_host, "_pyinfra_backup_step_failures"):
+        failed_host._pyinfra_backup_step_failures = []
+    failures = failed_host._pyinfra_backup_step_failures
+    if reason not in failures:
+        failures.append(reason)
+
+
+def failed_jobs() -> set[str]:
     """Jobs of this host that failed in this run (kept on the host object for the run)."""
     if not hasattr(host, "_pyinfra_backup_failed_jobs"):
         host._pyinfra_backup_failed_jobs = set()
@@ -94,7 +104,7 @@ def _failed_jobs() -> set[str]:
 def _job(job: str):
     """The planned job, or None (with a noop saying why) when it failed earlier in this run."""
     planned = _planned(job)
-    if job in _failed_jobs():
+    if job in failed_jobs():
         host.noop(f"{job}: skipped, the job failed earlier in this run")
         return None
     return planned
@@ -207,7 +217,7 @@ def init(job: str, unless_create_will: bool = False):
     """Initialise the job's repo with its encryption mode when it does not exist (`doInit`).
     With `unless_create_will`, a host with no archive on record whose create runs next leaves it to
     `create`, which initialises the repo only if borg finds none: a new host's first run then opens
-    its repo once, not twice (`backup()` does this).
+    its repo once, not twice (`tasks.backup.run` does this).
 
     Example: `init(job="system")`.
     """
@@ -350,25 +360,6 @@ def check(job: str):
     yield check_command(job, run)
 
 
-@host_operation
-def backup():
-    """The host's backup run as one operation: `pin_server_keys`, then every job in turn (`init`,
-    `create` when due, `prune` + compact, `check`), then `outcome`. A run with nothing due costs one
-    operation per host, not five per job. A failed step skips the rest of its job only; the other
-    jobs go on, and `outcome` fails the host naming each failed job and why.
-
-    Example: `backup()`, after `backup_key()` and the servers' `repo_server()` (deploys/backup.py).
-    """
-    if any(planned.server for planned in host_plan(host, inventory)):
-        yield from pin_server_keys._inner()
-    for planned in host_plan(host, inventory):
-        job = planned.job.name
-        for step in (init, create, prune, check):
-            arguments = {"unless_create_will": True} if step is init else {}
-            yield from contained(step._inner(job=job, **arguments), lambda job=job: _failed_jobs().add(job))
-    yield from outcome._inner()
-
-
 def _failures(records) -> list[str]:
     reasons = []
     for job, record in sorted(records.items()):
@@ -408,7 +399,7 @@ def outcome():
     """The end of a host's backup run: writes the node_exporter textfile (`monitoring.textfile_dir`)
     when the jobs' records changed, pings `monitoring.ping_url` (success or /fail with the reasons)
     when a backup ran, and fails the host when any of its job steps failed in this run (inside
-    `backup()`, or as separate operations run with `_ignore_errors`), naming each failed job and why.
+    `tasks.backup.run`, or as separate operations run with `_ignore_errors`), naming each failed job and why.
 
     Example: `outcome()` after every job's steps.
     """
@@ -416,14 +407,15 @@ def outcome():
     monitoring = host.data.get("monitoring") or {}
     changed = False
     results = ctx_state.get_results_for_host(host)
-    failed = bool(results.ignored_error_ops or _failed_jobs())
+    steps = getattr(host, "_pyinfra_backup_step_failures", [])
+    failed = bool(results.ignored_error_ops or failed_jobs() or steps)
     path = textfile_path(host)
     if path and (state.textfile is None or failed or changed_in_run(host)):  # else nothing new to tell
         text = _textfile(state)
         if state.textfile != text:
             changed = True
             yield f"mkdir -p {sh_join([os.path.dirname(path)])} && " + atomic_write(path, text)
-    reasons = _failures(state.records) if failed else []
+    reasons = _failures(state.records) + steps if failed else []
     if monitoring.get("ping_url") and (failed or _created()):
         changed = True
         excerpt = "\n".join(reasons) if failed else None

@@ -133,6 +133,7 @@ def test_create_command_initialises_a_repo_borg_reports_missing_and_nothing_else
     """Real borg, local repos: the first create of a new host initialises a missing repo itself."""
     import json
     import subprocess
+    import time
 
     from pyinfra_backup import records
     from pyinfra_backup.borg import Location, borg_env, create_argv, init_argv
@@ -148,7 +149,8 @@ def test_create_command_initialises_a_repo_borg_reports_missing_and_nothing_else
     command = records.create_command(
         "sys", with_env(env, create_argv(job, "h-sys", location.url)), accept_warnings=False,
         init_if_missing=with_env(env, init_argv(job, location)))
-    for _ in range(2):  # missing repo: init then create; existing repo: create only
+    for attempt in range(2):  # missing repo: init then create; existing repo: create only
+        time.sleep(1.1 * attempt)  # archive names are by the second
         assert subprocess.run(["sh", "-c", command], capture_output=True).returncode == 0
     listing = subprocess.run(["borg", "list", "--json", str(tmp_path / "repo")], env={**env, "PATH": "/usr/bin:/bin"},
                              capture_output=True, text=True, check=True)

@@ -131,7 +131,7 @@ def test_every_section_and_pyinfra_keys_validate():
     data |= {
         "ssh_user": "root", "ssh_port": 2222, "_sudo": True, "anything_else": object(),  # pyinfra's / user's own
         "system_state": {"paths": ["/etc/machine-id", "/etc/ssh/ssh_host_*"], "job": "system",
-                         "ageRecipients": [AGE, ED25519]},
+                         "ageRecipients": [AGE, ED25519], "ageDir": "recovery"},
         "config_repo": {"path": "/etc/nixos", "remotes": {"origin": "git@github.com:me/nixos.git"},
                         "branches": ["main", "release/24.11"], "push_tags": True},
         "agenix": {"rules": "secrets/secrets.nix", "identities": ["~/.ssh/id_ed25519"], "force": False},
@@ -306,6 +306,11 @@ MALFORMED = [
     # other top-level keys
     (SEED | {"system_state": {"job": "sytem"}},
      "host01: system_state.job: expected a job of borgbackup.jobs (one of: system), got 'sytem', did you mean system?"),
+    ({"borgbackup": {"jobs": {"system": SEED_JOB, "dbs": SEED_JOB}}, "system_state": {}},
+     "host01: system_state.job: missing, expected the job whose repo keeps the state archives (one of: system, dbs)"),
+    ({"system_state": {"paths": ["/etc/machine-id"]}},
+     "host01: system_state.job: missing, expected the job whose repo keeps the state archives (the host has no jobs)"),
+    (SEED | {"system_state": {"ageDir": ""}}, "host01: system_state.ageDir: expected a directory path, got ''"),
     (SEED | {"system_state": {"paths": ["etc/machine-id"]}},
      "host01: system_state.paths[0]: expected an absolute path, got 'etc/machine-id'"),
     (SEED | {"system_state": {"ageRecipients": ["age1nope"]}},
