@@ -322,10 +322,11 @@ class RestoreTarget(FactBase):
     def marker(path: str) -> str:
         return f"{STATE_DIR}/restores/{hashlib.sha256(path.encode()).hexdigest()[:16]}"
 
-    def command(self, path: str) -> str:
+    def command(self, path: str, key: str | None = None) -> str:
+        """`key`: what the marker is kept by, when one target receives several kinds of archive."""
         return sectioned_script({
             "entries": f"ls -A {sh_join([path])} | wc -l",
-            "restored": f"cat {self.marker(path)}",
+            "restored": f"cat {self.marker(key or path)}",
         })
 
     def process(self, output) -> RestoreTargetState:

@@ -12,6 +12,7 @@ back first (the state archive); then the host enrolls and decrypts its secrets a
 
 from __future__ import annotations
 
+import re
 import subprocess
 import tempfile
 
@@ -19,7 +20,7 @@ from pyinfra import host, inventory, logger
 from pyinfra.api import FunctionCommand
 
 from facts.borg import RestoreTarget, client_state, host_plan
-from pyinfra_backup.borg import export_tar_argv, list_argv, parse_list
+from pyinfra_backup.borg import STAMP, export_tar_argv, list_argv, parse_list
 from pyinfra_backup.relay import REPLACED_DIR, pick_archive, unpack_script
 from tasks import operator
 from tasks.common import HostError, host_operation
@@ -85,12 +86,13 @@ def restore(job: str, archive: str = "latest", target: str = "/", paths: list[st
         name = pick_archive(listing, planned.job.base_name(client_state(host).hostname), archive)
     except (operator.OperatorError, ValueError) as error:
         raise HostError(f"{host.name}: job {job}: {error}") from None
-    current = host.get_fact(RestoreTarget, path=target)
+    series = f"{target}#{re.sub('-' + STAMP + '$', '', name)}"  # identity and data both go to /: one marker each
+    current = host.get_fact(RestoreTarget, path=target, key=series)
     if current.entries and current.restored == name:
         host.noop(f"{job}: {name} already restored into {target}")
         return
     if current.entries and not overwrite:
         raise HostError(f"{host.name}: restore target {target} is not empty ({current.entries} entries): refusing "
                         f"to overwrite; pass overwrite=True (replaced files are kept in {REPLACED_DIR}/{name}/)")
-    script = unpack_script(target, name, RestoreTarget.marker(target))
+    script = unpack_script(target, name, RestoreTarget.marker(series))
     yield FunctionCommand(_relay, (planned, where, Hidden(secret), name, tuple(paths or ()), script), {})
