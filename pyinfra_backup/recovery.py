@@ -49,12 +49,12 @@ def checkout_script(path: str, commit: str, remotes: Mapping[str, str]) -> str:
 
 @dataclass
 class Step:
-    """One recovery step on one host: what it restored from and how long it took."""
+    """One recovery step on one host: what it restored from (or checked), how long it took."""
 
     name: str
     source: str
     seconds: float | None = None  # None: still running, or it failed
-    changed: bool = True
+    result: str = "restored"  # or "no change", "checked"
 
 
 @dataclass
@@ -63,13 +63,14 @@ class Summary:
     steps: list[Step] = field(default_factory=list)
 
     def lines(self) -> list[str]:
-        """The table a recovery run ends with; RTO = the steps' time, start of the first to end of the last."""
+        """The table a recovery run ends with. RTO: the steps' time added up (the run's own start-up
+        and the other hosts' share of each step come on top)."""
         width = max((len(step.name) for step in self.steps), default=4)
         out = []
         for step in self.steps:
-            took = "FAILED" if step.seconds is None else f"{step.seconds:7.1f}s" if step.changed else "  no change"
-            out.append(f"{step.name:<{width}}  {took:>11}  {step.source}")
-        done = [step.seconds for step in self.steps if step.seconds is not None]
+            took, result = ("", "FAILED") if step.seconds is None else (f"{step.seconds:.1f}s", step.result)
+            out.append(f"{step.name:<{width}}  {took:>7}  {result:<9}  {step.source}")
+        done = sum(step.seconds for step in self.steps if step.seconds is not None)
         failed = any(step.seconds is None for step in self.steps)
-        out.append(f"{'RTO':<{width}}  {sum(done):7.1f}s{'  (incomplete: a step failed)' if failed else ''}")
+        out.append(f"{'RTO':<{width}}  {done:>6.1f}s{'  incomplete: a step failed' if failed else ''}")
         return out

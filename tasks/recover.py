@@ -14,12 +14,17 @@ import subprocess
 import time
 
 from pyinfra import host, inventory, logger
-from pyinfra.api import FunctionCommand
+from pyinfra.api import FunctionCommand, StringCommand
 
+from facts.borg import client_state, host_plan
 from facts.git import host_config
 from facts.nixos import NixosGenerations
 from facts.recover import ConfigCheckout
+from facts.state import StateDigest
+from pyinfra_backup.borg import list_argv, parse_list
 from pyinfra_backup.recovery import Step, Summary, bundle_argv, checkout_script, resolve_argv
+from pyinfra_backup.relay import pick_archive
+from pyinfra_backup.state import parse_archive_output
 from tasks import nixos, operator, relay
 from tasks.common import HostError, host_operation
 
@@ -43,7 +48,7 @@ def timed(name: str, source: str, commands):
     commands = iter(commands)
     first = next(commands, None)
     if first is None:
-        step.seconds, step.changed = time.monotonic() - started, False
+        step.seconds, step.result = time.monotonic() - started, "no change"
         return
     yield first
     yield from commands
@@ -140,6 +145,45 @@ def data():
     for job in recover_jobs():
         yield from timed(f"data {job}", f"{job}: {archive}",
                          relay.restore._inner(job=job, archive=archive, target=target, overwrite=True))
+
+
+def _archived_state(job: str, archive: str) -> tuple[str, dict]:
+    """The state archive's name and items (with sha256), read with the operator's borg."""
+    planned = next(p for p in host_plan(host, inventory) if p.job.name == job)
+    where = operator.location(host, planned)
+    secret = operator.passphrase(host, planned)
+    listing = parse_list(operator.run_borg(planned, where, list_argv(planned.job, where), secret), 0, "")
+    name = pick_archive(listing, planned.job.base_name(client_state(host).hostname), archive)
+    argv = ["borg", "list", "--json-lines", "--format", "{sha256}", f"{where.url}::{name}"]
+    return name, parse_archive_output(["::items", *operator.run_borg(planned, where, argv, secret).splitlines()])[1]
+
+
+@host_operation
+def verify():
+    """(6) The host's identity files match the state archive they came from (content, owner, mode),
+    and every command of `recover_checks` (e.g. `systemctl is-active sshd`) exits 0. Reads only."""
+    started, problems, source = time.monotonic(), [], []
+    job = state_job()
+    if job and (planned := next((p for p in host_plan(host, inventory) if p.job.name == job), None)) and planned.server:
+        try:
+            name, archived = _archived_state(job, host.data.get("recover_state_archive") or "state")
+        except (operator.OperatorError, ValueError) as error:
+            raise HostError(f"{host.name}: verify: job {job}: {error}") from None
+        live = host.get_fact(StateDigest, paths=sorted("/" + path for path in archived), job=job, literal=True)
+        differ = sorted(path for path, entry in archived.items() if live.entries.get(path) != entry)
+        problems += [f"/{path} differs from {name}" for path in differ]
+        source.append(f"{len(archived) - len(differ)}/{len(archived)} identity files = {name}")
+    checks = host.data.get("recover_checks") or []
+    for check in checks:
+        ok, _ = host.run_shell_command(StringCommand(check), print_output=False)
+        if not ok:
+            problems.append(f"recover_checks: `{check}` failed")
+    if checks:
+        source.append(f"{len(checks)} checks")
+    _summary().steps.append(Step("verify", "; ".join(source) or "nothing to verify", time.monotonic() - started, "checked"))
+    if problems:
+        raise HostError(f"{host.name}: verify: " + "; ".join(problems))
+    host.noop("verified: " + ("; ".join(source) or "no state archive, no recover_checks"))
 
 
 @host_operation

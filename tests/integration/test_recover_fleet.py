@@ -68,7 +68,8 @@ def _backed_up(fleet, tmp):
     client = {"borgbackup": {"jobs": {"system": job}, "operatorIdentity": str(op_key)},
               "system_state": {"job": "system"},
               "config_repo": {"path": CONFIG, "remotes": {"origin": "git@git.example.org:fleet.git"}},
-              "recover_passCommand": f"cat {passfile}", "recover_config_source": str(config), "recover_ref": "v1"}
+              "recover_passCommand": f"cat {passfile}", "recover_config_source": str(config), "recover_ref": "v1",
+              "recover_checks": ["test -s /srv/www/site/index.html", f"git -C {CONFIG} diff --quiet"]}
     server = {"borgbackup": {"repos": {}, "operatorKeys": [op_key.with_suffix(".pub").read_text().strip()]}}
     data = {CLIENT: client, SERVER: server}
     env = {"BORG_BASE_DIR": str(tmp / "operator-borg")}
@@ -103,8 +104,9 @@ def test_one_recover_run_brings_back_identity_config_and_data(recovery):
 def test_the_run_ends_with_what_came_from_where_and_the_rto(recovery):
     out = recovery["first"].stdout
     summary = out[out.index("Recovery summary"):]
-    for step, source in (("identity", "system: state"), ("config repo", "v1 = "), ("data system", "system: latest")):
-        assert re.search(rf"\[{CLIENT}\]\s+{step}\s+[0-9.]+s\s+{source}", summary), summary
+    for step, source in (("identity", "system: state"), ("config repo", "v1 = "), ("data system", "system: latest"),
+                         ("verify", r"(\d+)/\1 identity files = web01-system-state-")):
+        assert re.search(rf"\[{CLIENT}\]\s+{step}\s+[0-9.]+s\s+(?:restored|checked)\s+{source}", summary), summary
     assert re.search(rf"\[{CLIENT}\]\s+RTO\s+[0-9.]+s\n", summary), summary
 
 
