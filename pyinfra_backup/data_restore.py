@@ -97,7 +97,8 @@ class DatabaseState:
     oid: str | None  # None: no such database
     objects: int
     restored: tuple[str, str] | None  # marker: (archive, oid)
-    error: str | None = None  # why the archive or the server could not be read
+    manifest_error: str | None = None  # why the archive's manifest could not be read
+    error: str | None = None  # why the server could not be queried
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,8 @@ class VolumeState:
     entries: int
     engines: tuple[str, ...]
     restored: tuple[str, str] | None  # marker: (archive, entries)
-    error: str | None = None
+    manifest_error: str | None = None
+    error: str | None = None  # why the volume could not be looked up
 
 
 def _manifest(section: Section) -> tuple[Manifest | None, str | None]:
@@ -121,33 +123,34 @@ def _manifest(section: Section) -> tuple[Manifest | None, str | None]:
 
 def parse_database(lines) -> DatabaseState:
     sections = parse_sections(lines)
-    manifest, error = _manifest(sections["manifest"])
+    manifest, manifest_error = _manifest(sections["manifest"])
     database = sections["database"]
-    oid, objects = None, 0
+    oid, objects, error = None, 0, None
     if database.ok:
         oid, count = database.text.split()
         objects = int(count)
-    elif database.rc != MISSING and not error:
+    elif database.rc != MISSING:
         error = f"cannot query PostgreSQL: {database.error}"
     marker = sections["marker"]
-    return DatabaseState(manifest, oid, objects, parse_marker(marker.text if marker.ok else None), error)
+    return DatabaseState(manifest, oid, objects, parse_marker(marker.text if marker.ok else None),
+                         manifest_error, error)
 
 
 def parse_volume(lines) -> VolumeState:
     sections = parse_sections(lines)
-    manifest, error = _manifest(sections["manifest"])
+    manifest, manifest_error = _manifest(sections["manifest"])
     volume = sections["volume"]
-    engine = mountpoint = None
+    engine = mountpoint = error = None
     entries = 0
     if volume.ok:
         engine, mountpoint = volume.stdout[0].split(" ", 1)
         entries = int(volume.stdout[1])
-    elif volume.rc != MISSING and not error:
+    elif volume.rc != MISSING:
         error = f"cannot look up the volume: {volume.error}"
     marker = sections["marker"]
     engines = tuple(line for line in sections["engines"].stdout if line)
     return VolumeState(manifest, engine, mountpoint, entries, engines,
-                       parse_marker(marker.text if marker.ok else None), error)
+                       parse_marker(marker.text if marker.ok else None), manifest_error, error)
 
 
 def _record(marker: str, value: str) -> str:

@@ -110,7 +110,7 @@ def _dump(db: Database) -> str:
     what = shlex.quote(f"postgresql database {db.name} (as {db.user}): pg_dump failed:")
     return (
         f'{" ".join(shlex.quote(w) for w in argv)} > "$_s"/{shlex.quote(db.file)} 2> "$_s/.err" '
-        f'|| _fail {what} "$(tail -n 1 "$_s/.err")"; cat "$_s/.err" >&2'
+        f'|| _fail {what} "$(tr -s \'\\n\\t\' \'  \' < "$_s/.err" | cut -c 1-500)"; cat "$_s/.err" >&2'
     )
 
 

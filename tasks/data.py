@@ -22,9 +22,14 @@ from tasks.borg import archive_to_restore
 from tasks.common import HostError, host_operation
 
 
-def _not_in(job: str, archive: str, kind: str, name: str, held) -> HostError:
-    listed = ", ".join(sorted(held)) or "none"
-    return HostError(f"{host.name}: job {job}: archive {archive} holds no {kind} {name!r} ({kind}s in it: {listed})")
+def _check_manifest(job: str, archive: str, kind: str, name: str, state) -> None:
+    """The archive must hold the database or volume: said before anything about the host's side."""
+    if state.manifest_error:
+        raise HostError(f"{host.name}: job {job}: archive {archive}: {state.manifest_error}")
+    held = (state.manifest.databases if kind == "database" else state.manifest.volumes) if state.manifest else {}
+    if name not in held:
+        listed = ", ".join(sorted(held)) or "none"
+        raise HostError(f"{host.name}: job {job}: archive {archive} holds no {kind} {name!r} ({kind}s in it: {listed})")
 
 
 @host_operation
@@ -39,10 +44,9 @@ def restore_database(job: str, database: str, archive: str = "latest", overwrite
     configured = {db.name: db.user for db in DataSpec.of_host(job, host.data).databases}
     user = user or configured.get(name, "postgres")
     state = host.get_fact(DatabaseRestoreState, planned=planned, archive=archive, database=name, user=user)
+    _check_manifest(job, archive, "database", name, state)
     if state.error:
         raise HostError(f"{host.name}: job {job}: database {name}: {state.error}")
-    if state.manifest is None or name not in state.manifest.databases:
-        raise _not_in(job, archive, "database", name, state.manifest.databases if state.manifest else ())
     if state.oid and state.restored == (archive, state.oid):
         host.noop(f"{job}: database {name} already restored from {archive}")
         return
@@ -64,10 +68,9 @@ def restore_volume(job: str, volume: str, archive: str = "latest", overwrite: bo
     name = str(volume)
     planned, archive = archive_to_restore(job, archive)
     state = host.get_fact(VolumeRestoreState, planned=planned, archive=archive, volume=name)
+    _check_manifest(job, archive, "volume", name, state)
     if state.error:
         raise HostError(f"{host.name}: job {job}: volume {name}: {state.error}")
-    if state.manifest is None or name not in state.manifest.volumes:
-        raise _not_in(job, archive, "volume", name, state.manifest.volumes if state.manifest else ())
     if state.engine and state.restored == (archive, str(state.entries)):
         host.noop(f"{job}: volume {name} already restored from {archive}")
         return
