@@ -4,7 +4,8 @@ A job with `postgresqlDatabases` or `volumes` runs its `borg create` inside one 
 first fills a spool, `/var/lib/pyinfra-backup/spool/<job>` (0700 root, emptied first: a killed
 earlier run may have left one, removed on exit by a trap):
 
-    postgresql/<name>.<ext>   `runuser -u <user> -- pg_dump --format=<format> <name>` (root writes the file)
+    postgresql/<name>.<ext>   `runuser -u <user> -- pg_dump --format=<format> <name>` (root writes the file;
+                              custom dumps uncompressed, so that borg dedups them: see `_dump`)
     manifest.json             what a restore needs: each database's user, format and file; each
                               volume's engine (podman or docker), mountpoint, owner and mode
 
@@ -18,7 +19,7 @@ made with a truncated dump, and an append-only key cannot really take it back.
 >>> spec = DataSpec.from_data("system", {"postgresqlDatabases": [{"name": "shop"}], "volumes": ["grafana"]})
 >>> spec.databases[0].file, spec.volumes
 ('postgresql/shop.dump', ('grafana',))
->>> "pg_dump --format=custom shop" in create_script(spec, "borg create R::a /etc")
+>>> "pg_dump --format=custom --compress=0 shop" in create_script(spec, "borg create R::a /etc")
 True
 """
 
@@ -105,8 +106,13 @@ def in_archive(path: str) -> str:
 
 
 def _dump(db: Database) -> str:
-    create = ["--create"] if db.format == "plain" else []  # archive formats carry the database themselves
-    argv = ["runuser", "-u", db.user, "--", "pg_dump", f"--format={db.format}", *create, db.name]
+    options = {
+        "plain": ["--create"],  # the archive formats carry the database themselves
+        # pg_dump compresses custom dumps with zlib by default: then a few changed rows change the whole
+        # dump and borg stores all of it again; uncompressed, borg dedups it and compresses it itself.
+        "custom": ["--compress=0"],
+    }.get(db.format, [])
+    argv = ["runuser", "-u", db.user, "--", "pg_dump", f"--format={db.format}", *options, db.name]
     what = shlex.quote(f"postgresql database {db.name} (as {db.user}): pg_dump failed:")
     return (
         f'{" ".join(shlex.quote(w) for w in argv)} > "$_s"/{shlex.quote(db.file)} 2> "$_s/.err" '

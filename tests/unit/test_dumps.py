@@ -3,6 +3,7 @@ real borg, pg_dump and podman, podman on a store of its own under tmp_path), man
 
 from __future__ import annotations
 
+import doctest
 import json
 import os
 import secrets
@@ -17,6 +18,10 @@ from pyinfra_backup.enrollment import PlannedJob
 from pyinfra_backup.shell import sh_join
 
 TREE = "cd {0} && find . -printf '%p %U %G %m %y %l\\n' | sort && find . -type f -print0 | sort -z | xargs -0 sha256sum"
+
+
+def test_docstring_examples():
+    assert doctest.testmod(dumps).failed == 0 and doctest.testmod(data_restore).failed == 0
 
 
 def test_spec_defaults_files_and_host_data():
