@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from collections.abc import Mapping
 
 from pyinfra_backup.borg import STATE_DIR
+from pyinfra_backup.shell import sh_join
 
 SPOOL_DIR = f"{STATE_DIR}/spool"
 RESTORES_DIR = f"{STATE_DIR}/restores"
@@ -115,7 +116,7 @@ def _dump(db: Database) -> str:
     argv = ["runuser", "-u", db.user, "--", "pg_dump", f"--format={db.format}", *options, db.name]
     what = shlex.quote(f"postgresql database {db.name} (as {db.user}): pg_dump failed:")
     return (
-        f'{" ".join(shlex.quote(w) for w in argv)} > "$_s"/{shlex.quote(db.file)} 2> "$_s/.err" '
+        f'{sh_join(argv)} > "$_s"/{shlex.quote(db.file)} 2> "$_s/.err" '
         f'|| _fail {what} "$(tr -s \'\\n\\t\' \'  \' < "$_s/.err" | cut -c 1-500)"; cat "$_s/.err" >&2'
     )
 
