@@ -216,10 +216,11 @@ def extract_argv(job: Job, url: str, archive: str, paths: tuple[str, ...] = (), 
     return [*_borg(job, "extract"), "--numeric-ids", *options, f"{url}::{archive}", *paths]
 
 
-def export_tar_argv(job: Job, url: str, archive: str, paths: tuple[str, ...] = ()) -> list[str]:
-    """`borg export-tar` of an archive (or some of its paths) to stdout: a restore relayed by the
-    operator's machine (pyinfra_backup/relay.py)."""
-    return [*_borg(job, "export-tar"), f"{url}::{archive}", "-", *paths]
+def export_tar_argv(job: Job, url: str, archive: str, paths: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> list[str]:
+    """`borg export-tar` of an archive (or some of its paths, less `exclude` patterns) to stdout: a
+    restore relayed by the operator's machine (pyinfra_backup/relay.py)."""
+    return [*_borg(job, "export-tar"), *(word for pattern in exclude for word in ("--exclude", pattern)),
+            f"{url}::{archive}", "-", *paths]
 
 
 @dataclass(frozen=True)

@@ -58,10 +58,12 @@ def unpack_script(target: str, archive: str, marker: str) -> str:
         "set -eu",
         f"target={sh_join([target])}; aside={sh_join([aside])}; marker={sh_join([marker])}",
         f"mkdir -p -m 0700 {RELAY_DIR} && mkdir -p \"$target\"",
-        f"stage=$(mktemp -d {RELAY_DIR}/stage.XXXXXX); trap 'rm -rf \"$stage\"' EXIT",
-        'tar -x -p --numeric-owner -f - -C "$stage"',
-        'cd "$stage"',
+        f"stage=$(mktemp -d {RELAY_DIR}/stage.XXXXXX); trap 'rm -rf \"$stage\"' EXIT; mkdir \"$stage/root\"",
+        # The archive's members as tar names them: the directories tar made for their parents are
+        # not members, and must not overwrite the target's own (nor the staging dir, "/" itself).
+        'tar -x -p --numeric-owner -v --quoting-style=literal -f - -C "$stage/root" > "$stage/members"',
+        'cd "$stage/root"',
         f"export target aside; find . -mindepth 1 ! -type d -exec sh -c {sh_join([_REPLACE_ASIDE])} sh {{}} +",
-        'cp -a . "$target/"',
+        'tar -c --no-recursion --verbatim-files-from -T "$stage/members" -f - | tar -x -p --numeric-owner -f - -C "$target"',
         f'mkdir -p "$(dirname "$marker")" && echo {sh_join([archive])} > "$marker"',
     ])

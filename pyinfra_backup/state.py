@@ -29,6 +29,7 @@ DEFAULT_PATHS = (
     "/etc/machine-id", "/etc/ssh/ssh_host_*", "/var/lib/nixos", "/var/lib/bluetooth",
     "/var/lib/NetworkManager", "/etc/NetworkManager/system-connections",
 )
+BACKUP_IDENTITY = f"{STATE_DIR}/ssh"  # the host's backup key and pinned server keys: always in a state archive
 DEFAULT_AGE_DIR = "recovery"
 RECORD = "last-state.json"
 RESTORE_DIR = f"{STATE_DIR}/state"  # staging-<ts>/ (removed after use) and replaced-<ts>/ (kept)
@@ -52,7 +53,7 @@ class StateSettings:
         jobs = sorted(((data.get("borgbackup") or {}).get("jobs") or {}))
         job = state.get("job") or (jobs[0] if len(jobs) == 1 else None)
         return cls(
-            paths=tuple(state.get("paths") or DEFAULT_PATHS),
+            paths=(*(state.get("paths") or DEFAULT_PATHS), BACKUP_IDENTITY),
             job=job,
             age_recipients=tuple(state.get("ageRecipients") or ()),
             age_dir=state.get("ageDir") or DEFAULT_AGE_DIR,

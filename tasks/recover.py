@@ -22,10 +22,11 @@ from facts.nixos import NixosGenerations
 from facts.recover import ConfigCheckout
 from facts.state import StateDigest
 from pyinfra_backup.borg import list_argv, parse_list
+from pyinfra_backup.dumps import DataSpec
 from pyinfra_backup.recovery import Step, Summary, bundle_argv, checkout_script, resolve_argv
 from pyinfra_backup.relay import pick_archive
 from pyinfra_backup.state import parse_archive_output
-from tasks import nixos, operator, relay
+from tasks import data, nixos, operator, relay
 from tasks.common import HostError, host_operation
 
 
@@ -53,6 +54,9 @@ def timed(name: str, source: str, commands):
     yield first
     yield from commands
     yield FunctionCommand(_stop, (step, started), {})
+
+
+DATA_BY_NAME = ("pp:var/lib/pyinfra-backup/spool", "pp:var/lib/containers/storage/volumes", "pp:var/lib/docker/volumes")
 
 
 def state_job() -> str | None:
@@ -137,14 +141,14 @@ def system():
 
 
 @host_operation
-def data():
+def job_data():
     """(4) Each job's data (`recover_jobs`, default all) from `recover_archive` (default its newest)
     into `recover_target` (default `/`, the original places; replaced files are kept aside)."""
     archive = host.data.get("recover_archive") or "latest"
     target = host.data.get("recover_target") or "/"
-    for job in recover_jobs():
-        yield from timed(f"data {job}", f"{job}: {archive}",
-                         relay.restore._inner(job=job, archive=archive, target=target, overwrite=True))
+    for job in recover_jobs():  # dumps and volumes come back by name in step (5)
+        yield from timed(f"data {job}", f"{job}: {archive}", relay.restore._inner(
+            job=job, archive=archive, target=target, overwrite=True, exclude=DATA_BY_NAME))
 
 
 def _archived_state(job: str, archive: str) -> tuple[str, dict]:
@@ -156,6 +160,24 @@ def _archived_state(job: str, archive: str) -> tuple[str, dict]:
     name = pick_archive(listing, planned.job.base_name(client_state(host).hostname), archive)
     argv = ["borg", "list", "--json-lines", "--format", "{sha256}", f"{where.url}::{name}"]
     return name, parse_archive_output(["::items", *operator.run_borg(planned, where, argv, secret).splitlines()])[1]
+
+
+@host_operation
+def databases():
+    """(5) Each PostgreSQL database and container volume of the recovered jobs, restored by name
+    from `recover_archive` (tasks/data.py) by the host itself: identity brought its backup key back
+    and the config repo its secrets, so its own passCommand works again. An existing non-empty
+    database or volume is left alone (the step fails, naming it): replace it with tasks.data and
+    overwrite=true."""
+    archive = host.data.get("recover_archive") or "latest"
+    for job in recover_jobs():
+        spec = DataSpec.of_host(job, host.data)
+        for database in spec.databases if spec else ():
+            yield from timed(f"database {database.name}", f"{job}: {archive}",
+                             data.restore_database._inner(job=job, database=database.name, archive=archive))
+        for volume in spec.volumes if spec else ():
+            yield from timed(f"volume {volume}", f"{job}: {archive}",
+                             data.restore_volume._inner(job=job, volume=volume, archive=archive))
 
 
 @host_operation

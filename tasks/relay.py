@@ -35,10 +35,11 @@ class Hidden:
         return "Hidden(***)"
 
 
-def _relay(state, host, planned, where, secret: Hidden, name: str, paths: tuple[str, ...], script: str) -> bool:  # noqa: F811
+def _relay(state, host, planned, where, secret: Hidden, name: str, paths: tuple[str, ...], exclude: tuple[str, ...],
+           script: str) -> bool:  # noqa: F811 (pyinfra passes `host`)
     """borg export-tar here, piped into the host's unpack script over its SSH connection."""
     with tempfile.TemporaryFile() as borg_errors:
-        proc = operator.popen_borg(planned, where, export_tar_argv(planned.job, where.url, name, paths), secret.value,
+        proc = operator.popen_borg(planned, where, export_tar_argv(planned.job, where.url, name, paths, exclude), secret.value,
                                    stdout=subprocess.PIPE, stderr=borg_errors)
         try:
             piped = operator.pipe_to_host(host, proc, script)
@@ -62,12 +63,14 @@ def _relay(state, host, planned, where, secret: Hidden, name: str, paths: tuple[
 
 
 @host_operation
-def restore(job: str, archive: str = "latest", target: str = "/", paths: list[str] | None = None, overwrite: bool = False):
+def restore(job: str, archive: str = "latest", target: str = "/", paths: list[str] | None = None, overwrite: bool = False,
+            exclude: list[str] | tuple[str, ...] = ()):
     """Restore an archive of the job through the operator's machine: `latest` (default), `state`
     (the newest state archive) or a name; into `target` (default `/`, the original places), with
     numeric owners and modes. A non-empty target needs `overwrite=True`; every file it replaces
     is kept under /var/lib/pyinfra-backup/replaced/<archive>/. Restoring the same archive into the
-    same target again changes nothing. Needs the job's repo on a fleet server (the operator's key).
+    same target again changes nothing. `exclude`: borg patterns left out (e.g. `pp:var/cache`).
+    Needs the job's repo on a fleet server (the operator's key).
 
     Example: `restore(job="system", archive="state", overwrite=True)` on a freshly installed host.
     """
@@ -95,4 +98,4 @@ def restore(job: str, archive: str = "latest", target: str = "/", paths: list[st
         raise HostError(f"{host.name}: restore target {target} is not empty ({current.entries} entries): refusing "
                         f"to overwrite; pass overwrite=True (replaced files are kept in {REPLACED_DIR}/{name}/)")
     script = unpack_script(target, name, RestoreTarget.marker(series))
-    yield FunctionCommand(_relay, (planned, where, Hidden(secret), name, tuple(paths or ()), script), {})
+    yield FunctionCommand(_relay, (planned, where, Hidden(secret), name, tuple(paths or ()), tuple(exclude), script), {})

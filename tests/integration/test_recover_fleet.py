@@ -27,6 +27,22 @@ mkdir -p /srv/www/site && echo "<h1>$(hostname)</h1>" > /srv/www/site/index.html
 head -c 300000 /dev/urandom > /srv/www/site/blob && chown 33:33 /srv/www/site/blob && chmod 0640 /srv/www/site/blob
 mkdir -p /var/lib/nixos && echo '{"uid": {"www": 990}}' > /var/lib/nixos/uid-map && chmod 0600 /var/lib/nixos/uid-map
 """
+PG = "/usr/lib/postgresql/15/bin"
+START_POSTGRES = rf"""
+set -e
+install -d -o postgres -g postgres /run/postgresql /var/lib/pbk-pg
+runuser -u postgres -- {PG}/initdb -D /var/lib/pbk-pg/data -A peer >/dev/null
+runuser -u postgres -- {PG}/pg_ctl -D /var/lib/pbk-pg/data -o "-k /run/postgresql -c listen_addresses=''" \
+  -l /var/lib/pbk-pg/log -w start >/dev/null
+"""
+SHOP = r"""
+set -e
+runuser -u postgres -- createdb shop
+runuser -u postgres -- psql -Xq -v ON_ERROR_STOP=1 shop -c "create table items (id int primary key, name text);
+insert into items select g, md5(g::text) from generate_series(1, 3000) g;"
+"""
+ROWS = "runuser -u postgres -- psql -XAtq shop -c \"select count(*), md5(string_agg(id || name, ',' order by id)) from items\""
+STOP_POSTGRES = f"runuser -u postgres -- {PG}/pg_ctl -D /var/lib/pbk-pg/data -w -m fast stop"
 IDENTITY = ("cat /etc/machine-id; sha256sum /etc/ssh/ssh_host_ed25519_key /etc/ssh/ssh_host_ed25519_key.pub "
             "/var/lib/nixos/uid-map; stat -c '%n %u %g %a' /etc/ssh/ssh_host_ed25519_key /var/lib/nixos/uid-map")
 
@@ -40,7 +56,7 @@ def recovery(_fleet_session, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("recover")
     with Fleet() as fleet:
         fleet.up([CLIENT, SERVER])
-        yield _backed_up(fleet, tmp)
+        yield from _backed_up(fleet, tmp)
 
 
 def _backed_up(fleet, tmp):
@@ -62,8 +78,9 @@ def _backed_up(fleet, tmp):
     _git(config, "-c", "user.name=op", "-c", "user.email=op@x", "commit", "-q", "-am", "fleet v2 (not deployed)")
     secret = base64.b64encode((config / "secrets/borg-pass.age").read_bytes()).decode()
     fleet.run(CLIENT, DATA + f"mkdir -p {CONFIG}/secrets && echo {secret} | base64 -d > {SECRET}")
+    fleet.run(CLIENT, START_POSTGRES + SHOP)
 
-    job = {"paths": ["/srv/www"], "repo": f"borg@{SERVER}:.", "startAt": "daily",
+    job = {"paths": ["/srv/www"], "repo": f"borg@{SERVER}:.", "startAt": "daily", "postgresqlDatabases": [{"name": "shop"}],
            "encryption": {"mode": "repokey-blake2", "passCommand": f"age -d -i /etc/ssh/ssh_host_ed25519_key {SECRET}"}}
     client = {"borgbackup": {"jobs": {"system": job}, "operatorIdentity": str(op_key)},
               "system_state": {"job": "system"},
@@ -78,10 +95,14 @@ def _backed_up(fleet, tmp):
         run = pyinfra(inventory, deploy, env=env)
         assert run.returncode == 0, run.stdout
     before = {"identity": fleet.run(CLIENT, IDENTITY).stdout, "data": tree(fleet, CLIENT, "/srv/www"),
-              "old_key": fleet.host_key(CLIENT), "v1": _git(config, "rev-parse", "v1^{commit}")}
+              "old_key": fleet.host_key(CLIENT), "v1": _git(config, "rev-parse", "v1^{commit}"),
+              "rows": fleet.run(CLIENT, ROWS).stdout}
     # The host dies; a freshly installed one takes its name: new machine-id and host keys, nothing else.
+    # Its system (here: an empty PostgreSQL, as the rebuilt NixOS would start) is up before the data comes back.
+    fleet.run(CLIENT, STOP_POSTGRES)
     fleet.remove(CLIENT)
     fleet.add(CLIENT)
+    fleet.run(CLIENT, START_POSTGRES)
     assert fleet.run(CLIENT, IDENTITY, check=False).stdout != before["identity"]
     fresh = fleet.write_inventory(tmp / "inventory-fresh.py", data)  # pins the fresh host's key
     first = pyinfra(fresh, "deploys/recover.py", "--limit", CLIENT, env=env)
@@ -89,22 +110,28 @@ def _backed_up(fleet, tmp):
     (tmp / "known_hosts.old").write_text(fleet.known_hosts_path.read_text().replace(fleet.host_key(CLIENT), before["old_key"]))
     recovered = fleet.write_inventory(tmp / "inventory-recovered.py",
                                       {**data, CLIENT: {**client, "ssh_known_hosts_file": str(tmp / "known_hosts.old")}})
-    return {"fleet": fleet, "env": env, "before": before, "first": first, "inventory": recovered}
+    try:
+        yield {"fleet": fleet, "env": env, "before": before, "first": first, "inventory": recovered}
+    finally:
+        fleet.run(CLIENT, STOP_POSTGRES, check=False)
 
 
-def test_one_recover_run_brings_back_identity_config_and_data(recovery):
+def test_one_recover_run_brings_back_identity_config_data_and_database_rows(recovery):
     fleet, first = recovery["fleet"], recovery["first"]
     assert first.returncode == 0, first.stdout
     assert fleet.run(CLIENT, IDENTITY).stdout == recovery["before"]["identity"]
     assert tree(fleet, CLIENT, "/srv/www") == recovery["before"]["data"]
     assert fleet.run(CLIENT, f"git -C {CONFIG} rev-parse HEAD").stdout.strip() == recovery["before"]["v1"]
     assert "git@git.example.org:fleet.git" in fleet.run(CLIENT, f"git -C {CONFIG} remote -v").stdout
+    assert fleet.run(CLIENT, ROWS).stdout == recovery["before"]["rows"] and recovery["before"]["rows"].startswith("3000|")
+    assert fleet.run(CLIENT, "ls -A /var/lib/pyinfra-backup/spool 2>/dev/null | wc -l").stdout.strip() == "0"  # no dump on disk
 
 
 def test_the_run_ends_with_what_came_from_where_and_the_rto(recovery):
     out = recovery["first"].stdout
     summary = out[out.index("Recovery summary"):]
     for step, source in (("identity", "system: state"), ("config repo", "v1 = "), ("data system", "system: latest"),
+                         ("database shop", "system: latest"),
                          ("verify", r"(\d+)/\1 identity files = web01-system-state-")):
         assert re.search(rf"\[{CLIENT}\]\s+{step}\s+[0-9.]+s\s+(?:restored|checked)\s+{source}", summary), summary
     assert re.search(rf"\[{CLIENT}\]\s+RTO\s+[0-9.]+s\n", summary), summary
@@ -117,7 +144,7 @@ def test_a_second_recover_run_changes_nothing(recovery):
 
 def test_the_recovered_host_backs_up_again_and_passes_the_infra_checks(recovery):
     run = pyinfra(recovery["inventory"], "deploys/backup.py", "--data", "backup_force=true", env=recovery["env"])
-    assert run.returncode == 0, run.stdout  # enrolled again; the passCommand decrypts with the restored host key
+    assert run.returncode == 0, run.stdout  # its restored backup key and passCommand (restored host key) work
     checks = subprocess.run([str(PROJECT / ".venv/bin/pytest"), "-q", "-p", "no:cacheprovider", "tests/infra",
                              "--inventory", str(recovery["inventory"]), "--limit", CLIENT],
                             cwd=PROJECT, capture_output=True, text=True, env={**os.environ, **recovery["env"]})

@@ -109,3 +109,18 @@ def test_summary_adds_up_the_steps_and_says_when_one_failed():
     lines = summary.lines()
     assert lines[0].split() == ["identity", "3.0s", "restored", "system:", "state"]
     assert "FAILED" in lines[1] and lines[-1].split()[:2] == ["RTO", "3.0s"] and "a step failed" in lines[-1]
+
+
+def test_unpack_into_a_root_leaves_the_directories_it_does_not_hold_alone(tmp_path, monkeypatch):
+    monkeypatch.setattr(relay, "RELAY_DIR", str(tmp_path / "relay"))
+    monkeypatch.setattr(relay, "REPLACED_DIR", str(tmp_path / "replaced"))
+    target = tmp_path / "root"
+    (target / "srv").mkdir(parents=True)
+    target.chmod(0o755)
+    (target / "srv").chmod(0o751)
+    script = relay.unpack_script(str(target), "a", str(tmp_path / "marker"))
+    run = subprocess.run(["sh", "-c", "umask 077\n" + script], input=_tar({"srv/www/index.html": (b"hi\n", 0o644, 0)}),
+                         capture_output=True)
+    assert run.returncode == 0, run.stderr
+    assert (target.stat().st_mode & 0o777, (target / "srv").stat().st_mode & 0o777) == (0o755, 0o751)
+    assert (target / "srv/www/index.html").read_text() == "hi\n"

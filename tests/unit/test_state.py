@@ -19,7 +19,7 @@ from pyinfra_backup.borg import Archive, Job, RepoListing, archive_glob, create_
 from pyinfra_backup.records import job_dir
 from pyinfra_backup.shell import with_env
 from pyinfra_backup.state import (
-    DEFAULT_PATHS, Entry, StateSettings, archive_script, copy_key, digest_script, follow_up, parse_archive_output,
+    BACKUP_IDENTITY, DEFAULT_PATHS, Entry, StateSettings, archive_script, copy_key, digest_script, follow_up, parse_archive_output,
     parse_digest_output, parse_filemode, parse_record, restore_plan, restore_script, roots_of, snapshot_command,
     state_base, state_digest, state_glob,
 )
@@ -58,9 +58,9 @@ def test_settings_defaults_and_job():
     one = {"borgbackup": {"jobs": {"system": {}}}}
     assert StateSettings.from_data(one) is None  # no system_state: no snapshots
     settings = StateSettings.from_data({**one, "system_state": {}})
-    assert settings.paths == DEFAULT_PATHS and settings.job == "system" and settings.age_dir == "recovery"
+    assert settings.paths == (*DEFAULT_PATHS, BACKUP_IDENTITY) and settings.job == "system" and settings.age_dir == "recovery"
     two = {"borgbackup": {"jobs": {"a": {}, "b": {}}}, "system_state": {"job": "b", "paths": ["/etc/machine-id"]}}
-    assert StateSettings.from_data(two).job == "b" and StateSettings.from_data(two).paths == ("/etc/machine-id",)
+    assert StateSettings.from_data(two).job == "b" and StateSettings.from_data(two).paths == ("/etc/machine-id", BACKUP_IDENTITY)
     assert StateSettings.from_data({**two, "system_state": {}}).job is None
 
 
