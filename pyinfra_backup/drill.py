@@ -1,0 +1,173 @@
+"""The restore drill: extract a sample of an archive's files and compare them with the live files.
+
+`drill_script` builds ONE shell script run on the backup client (where the job's borg runs, with
+the job's environment and passCommand). It picks the newest archive matching a glob, lists its
+regular files, takes a deterministic pseudo-random sample bounded by a file count and a byte
+budget (seeded by the archive name: the same archive gives the same sample, each new archive
+another one), extracts the sample into a fresh 0700 scratch directory under `DRILL_DIR`
+(removed on exit, whatever happens), and compares each file with the live one by SHA-256.
+A live file whose size or mtime differs from the archived one (or that is gone) changed since
+the backup: skipped, not a failure. Live files are only read. The only write outside the
+scratch directory is the job's `last-drill` record (pyinfra_backup/records.py).
+
+The script prints `::drill:: KIND VALUE` lines; `parse_drill` turns them into a `DrillReport`.
+
+>>> report = parse_drill(["::drill:: archive h-system-2026-11-27T12:00:00", "::drill:: files 40 0",
+...                       "::drill:: selected 2 10", "::drill:: mismatch srv/a", "::drill:: compared 2",
+...                       "::drill:: end"])
+>>> report.failed, report.mismatched
+(True, ['srv/a'])
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+
+from pyinfra_backup.borg import STATE_DIR, Job, Location, borg_env
+from pyinfra_backup.shell import sh_join
+
+DRILL_DIR = f"{STATE_DIR}/drill"
+MARK = "::drill::"
+STALE_MINUTES = 720  # scratch directories of a drill killed with SIGKILL are removed by a later drill
+SKIPS = {"changed": "changed since the archive", "gone": "gone from the host", "unreadable": "unreadable on the host"}
+FAILURES = {"mismatch": "differ from the archive although size and mtime match",
+            "unextracted": "listed in the archive but not extracted"}
+
+# `borg list --format '{type} {size} {path}{NUL}'` with newlines turned into \001 (and NULs into
+# newlines), so that a path with a newline stays on one line and is left out of the sample.
+_REGULAR = r"""$1 == "-" { p = substr($0, length($1) + length($2) + 3)
+  if (index(p, "\001")) { odd++; next }
+  n++; print $2 " " p }
+END { print n + 0, odd + 0 > counts }"""
+# After the shuffle: the first files that fit, up to `n` files and `b` bytes.
+_BUDGET = r"""{ s = $1 + 0; if (k < n && s <= b - t) { k++; t += s; print } if (k >= n) exit }"""
+_COMPARE = r"""_c=0; _bad=0
+while IFS= read -r _l; do
+  _p=${_l#* }; _live="/$_p"; _copy="$_s/x/$_p"
+  if [ -L "$_copy" ] || [ ! -f "$_copy" ]; then _say unextracted "$_p"; _bad=1; continue; fi
+  if [ -L "$_live" ] || [ ! -f "$_live" ]; then _say gone "$_p"; continue; fi
+  _was=$(stat -c '%s %.9Y' -- "$_live")
+  if [ "$_was" != "$(stat -c '%s %.9Y' -- "$_copy")" ]; then _say changed "$_p"; continue; fi
+  if ! _h=$(sha256sum < "$_live"); then _say unreadable "$_p"; continue; fi
+  if [ "$_was" != "$(stat -c '%s %.9Y' -- "$_live")" ]; then _say changed "$_p"; continue; fi
+  _c=$((_c + 1))
+  if [ "$_h" != "$(sha256sum < "$_copy")" ]; then _say mismatch "$_p"; _bad=1; fi
+done < "$_s/sample"
+_say compared "$_c"
+"""
+
+
+def drill_script(job: Job, location: Location, glob: str, files: int, max_bytes: int, record_dir: str,
+                 lock_wait: int | None = None) -> str:
+    """The drill of the newest archive matching `glob` (borg's --glob-archives), as one script.
+
+    >>> job = Job.from_data("system", {"repo": "/srv/repo", "paths": ["/etc"], "encryption": {"mode": "none"}})
+    >>> "--glob-archives" in drill_script(job, Location("/srv/repo"), "h-system-2*", 32, 1 << 20, "/tmp/rec")
+    True
+    """
+    borg = ["borg", *job.extra_args]
+    wait = ["--lock-wait", str(lock_wait)] if lock_wait is not None else []
+    env = " ".join(f"{key}={shlex.quote(str(value))}" for key, value in borg_env(job, location).items())
+    scratch = f"{DRILL_DIR}/{job.name}"
+    record = f"{record_dir}/last-drill"
+    return "\n".join([
+        "umask 077",
+        f"export {env}",
+        f"_repo={shlex.quote(location.url)}; _glob={shlex.quote(glob)}",
+        f"_say() {{ printf '{MARK} %s %s\\n' \"$1\" \"$2\"; }}",
+        f"_record() {{ mkdir -p {sh_join([record_dir])} && {{ echo \"$(date +%s) $1\"; echo \"$2\"; }} "
+        f"> {sh_join([record + '.tmp'])} && mv -f {sh_join([record + '.tmp', record])}; }}",
+        # the reason borg gives: its last line before a traceback, else its last line
+        "_fail() { _r=$(awk '/^Traceback/ { exit } NF { l = $0 } END { print l }' \"$_s/err\" 2>/dev/null); "
+        "_say error \"$1: ${_r:-no reason given}\"; _record 2 \"$1: $_r\"; exit 2; }",
+        f"install -d -m 0700 {sh_join([DRILL_DIR])} || exit 2",
+        f"find {sh_join([DRILL_DIR])} -mindepth 1 -maxdepth 1 -name {shlex.quote(job.name + '.*')} "
+        f"-mmin +{STALE_MINUTES} -exec rm -rf {{}} +",
+        f"_s=$(mktemp -d {sh_join([scratch])}.XXXXXX) || exit 2",
+        "trap 'cd / && rm -rf \"$_s\"' EXIT; trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM",
+        f"_a=$({sh_join([*borg, 'list', *wait, '--short', '--last', '1'])} --glob-archives \"$_glob\" \"$_repo\" "
+        "2> \"$_s/err\") || _fail 'cannot list the repo'",
+        "[ -n \"$_a\" ] || { _say error \"no archive matching $_glob: nothing to restore from\"; "
+        "_record 2 \"no archive matching $_glob\"; exit 2; }",
+        "_say archive \"$_a\"",
+        "yes \"$_a\" 2>/dev/null | head -c 65536 > \"$_s/seed\"",
+        f"{{ {sh_join([*borg, 'list', *wait, '--format', '{type} {size} {path}{NUL}'])} \"$_repo::$_a\" "
+        "2> \"$_s/err\"; echo $? > \"$_s/rc\"; } "
+        f"| tr '\\n\\000' '\\001\\n' | LC_ALL=C awk -v counts=\"$_s/counts\" {shlex.quote(_REGULAR)} "
+        "| LC_ALL=C sort -R --random-source=\"$_s/seed\" -k2 "
+        f"| LC_ALL=C awk -v n={int(files)} -v b={int(max_bytes)} {shlex.quote(_BUDGET)} > \"$_s/sample\"",
+        "[ \"$(cat \"$_s/rc\")\" -le 1 ] || _fail 'cannot list the archive'",
+        "_say files \"$(cat \"$_s/counts\")\"",
+        "_say selected \"$(wc -l < \"$_s/sample\") $(awk '{ t += $1 } END { print t + 0 }' \"$_s/sample\")\"",
+        "mkdir \"$_s/x\" && set -- && while IFS= read -r _l; do set -- \"$@\" \"pf:${_l#* }\"; done < \"$_s/sample\"",
+        f"if [ $# -gt 0 ]; then ( cd \"$_s/x\" && {sh_join([*borg, 'extract', *wait, '--numeric-ids'])} "
+        "\"$_repo::$_a\" \"$@\" ) 2> \"$_s/err\"; [ $? -le 1 ] || _fail 'cannot extract the sample'; fi",
+        _COMPARE,
+        "_record $_bad \"$_a: $_c files compared\"",
+        "_say end",
+    ])
+
+
+@dataclass
+class DrillReport:
+    """What a drill found. `compared` counts the files whose hashes were compared."""
+
+    archive: str | None = None
+    files: int = 0  # regular files in the archive
+    odd_names: int = 0  # left out of the sample: a newline in the name
+    selected: int = 0
+    selected_bytes: int = 0
+    compared: int = 0
+    found: dict[str, list[str]] = field(default_factory=dict)  # kind (SKIPS, FAILURES) -> paths
+    error: str | None = None
+    complete: bool = False
+
+    @property
+    def mismatched(self) -> list[str]:
+        return self.found.get("mismatch", [])
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.error or not self.complete or any(self.found.get(kind) for kind in FAILURES))
+
+    def summary(self, limit: int = 10) -> str:
+        """One line: what was compared, what failed and what was skipped, naming the paths."""
+        if self.error or not self.complete:
+            return f"drill failed: {self.error or 'the drill stopped before its end'}"
+        parts = [f"drill of {self.archive}: {self.compared} of {self.selected} sampled files compared "
+                 f"({self.selected_bytes} bytes, {self.files} regular files in the archive)"]
+        for kind, words in [*FAILURES.items(), *SKIPS.items()]:
+            paths = self.found.get(kind)
+            if paths:
+                shown = ", ".join("/" + path for path in paths[:limit])  # archive paths are relative to /
+                shown += f" and {len(paths) - limit} more" if len(paths) > limit else ""
+                what = "skipped, " if kind in SKIPS else ""
+                parts.append(f"{len(paths)} {what}{words}: {shown}")
+        if self.odd_names:
+            parts.append(f"{self.odd_names} files with a newline in the name never sampled")
+        return "; ".join(parts)
+
+
+def parse_drill(lines) -> DrillReport:
+    """The report from the output lines of `drill_script`."""
+    report = DrillReport()
+    for line in lines:
+        if not line.startswith(MARK + " "):
+            continue
+        kind, _, value = line[len(MARK) + 1:].partition(" ")
+        if kind == "archive":
+            report.archive = value
+        elif kind == "files":
+            report.files, report.odd_names = (int(word) for word in value.split())
+        elif kind == "selected":
+            report.selected, report.selected_bytes = (int(word) for word in value.split())
+        elif kind == "compared":
+            report.compared = int(value)
+        elif kind == "error":
+            report.error = value
+        elif kind == "end":
+            report.complete = True
+        elif kind in SKIPS or kind in FAILURES:
+            report.found.setdefault(kind, []).append(value)
+    return report
