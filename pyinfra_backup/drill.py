@@ -59,7 +59,7 @@ _say compared "$_c"
 
 
 def drill_script(job: Job, location: Location, glob: str, files: int, max_bytes: int, record_dir: str,
-                 lock_wait: int | None = None) -> str:
+                 lock_wait: int | None = None, scratch_dir: str = DRILL_DIR) -> str:
     """The drill of the newest archive matching `glob` (borg's --glob-archives), as one script.
 
     >>> job = Job.from_data("system", {"repo": "/srv/repo", "paths": ["/etc"], "encryption": {"mode": "none"}})
@@ -69,7 +69,7 @@ def drill_script(job: Job, location: Location, glob: str, files: int, max_bytes:
     borg = ["borg", *job.extra_args]
     wait = ["--lock-wait", str(lock_wait)] if lock_wait is not None else []
     env = " ".join(f"{key}={shlex.quote(str(value))}" for key, value in borg_env(job, location).items())
-    scratch = f"{DRILL_DIR}/{job.name}"
+    scratch = f"{scratch_dir}/{job.name}"
     record = f"{record_dir}/last-drill"
     return "\n".join([
         "umask 077",
@@ -81,8 +81,8 @@ def drill_script(job: Job, location: Location, glob: str, files: int, max_bytes:
         # the reason borg gives: its last line before a traceback, else its last line
         "_fail() { _r=$(awk '/^Traceback/ { exit } NF { l = $0 } END { print l }' \"$_s/err\" 2>/dev/null); "
         "_say error \"$1: ${_r:-no reason given}\"; _record 2 \"$1: $_r\"; exit 2; }",
-        f"install -d -m 0700 {sh_join([DRILL_DIR])} || exit 2",
-        f"find {sh_join([DRILL_DIR])} -mindepth 1 -maxdepth 1 -name {shlex.quote(job.name + '.*')} "
+        f"install -d -m 0700 {sh_join([scratch_dir])} || exit 2",
+        f"find {sh_join([scratch_dir])} -mindepth 1 -maxdepth 1 -name {shlex.quote(job.name + '.*')} "
         f"-mmin +{STALE_MINUTES} -exec rm -rf {{}} +",
         f"_s=$(mktemp -d {sh_join([scratch])}.XXXXXX) || exit 2",
         "trap 'cd / && rm -rf \"$_s\"' EXIT; trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM",
