@@ -17,7 +17,7 @@ from pyinfra.api import FunctionCommand, StringCommand
 from facts.borg import BackupFreshness, client_state
 from tasks.borg import _lock_wait, _planned
 from tasks.common import HostError, host_operation
-from pyinfra_backup.borg import archive_glob
+from pyinfra_backup.borg import archive_glob, explain_error
 from pyinfra_backup.drill import drill_script, parse_drill
 from pyinfra_backup.records import job_dir
 from pyinfra_backup.report import format_age
@@ -33,7 +33,9 @@ def _failures(host) -> list[str]:
 def _run_drill(state, host, job: str, script: str) -> bool:  # noqa: F811 (pyinfra passes `host`)
     ok, output = host.run_shell_command(StringCommand(script), print_output=False)
     report = parse_drill(output.stdout_lines)
-    if not report.complete and not report.error:
+    if report.error:
+        report.error = explain_error(report.error)
+    elif not report.complete:
         report.error = (output.stderr_lines or ["the drill script stopped"])[-1]
     if not report.failed:
         host.log_styled(f"job {job}: {report.summary()}", log_func=logger.info)
