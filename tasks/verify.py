@@ -53,9 +53,10 @@ def drill(job: str, files: int | None = None, max_bytes: int | None = None, arch
     into a 0700 scratch directory on the host and compared (SHA-256) with the live files. A
     file that differs although its size and mtime match the archive fails the host; one that
     changed since the archive, or is gone, is skipped. `archives` is a borg --glob-archives
-    pattern (default: this job's own archives; e.g. `<archiveBaseName>-state-*`).
+    pattern, `{base}` standing for the job's archive base name (default: this job's own archives,
+    `<base>-<timestamp>`; `{base}-state-*`: its state archives).
 
-    Example: `drill(job="system")`, `drill(job="system", archives="host01-system-state-*")`.
+    Example: `drill(job="system")`, `drill(job="system", archives="{base}-state-*")`.
     """
     planned = _planned(job)
     count = planned.job.drill_files if files is None else int(files)
@@ -63,7 +64,8 @@ def drill(job: str, files: int | None = None, max_bytes: int | None = None, arch
         host.noop(f"{job}: checks.drillFiles is 0: no restore drill")
         return
     budget = planned.job.drill_max_bytes if max_bytes is None else int(max_bytes)
-    glob = archives or archive_glob(planned.job.base_name(client_state(host).hostname))
+    base = planned.job.base_name(client_state(host).hostname)
+    glob = archives.replace("{base}", base) if archives else archive_glob(base)
     script = drill_script(planned.job, planned.location, glob, count, budget, job_dir(job), _lock_wait())
     yield FunctionCommand(_run_drill, (job, script), {})
 
