@@ -151,6 +151,11 @@ class DrillReport:
         return "; ".join(parts)
 
 
+def _numbers(text: str, count: int) -> list[int]:
+    words = text.split()
+    return [int(word) if word.isdigit() else 0 for word in (words + ["0"] * count)[:count]]
+
+
 def parse_drill(lines) -> DrillReport:
     """The report from the output lines of `drill_script`."""
     report = DrillReport()
@@ -161,11 +166,11 @@ def parse_drill(lines) -> DrillReport:
         if kind == "archive":
             report.archive = value
         elif kind == "files":
-            report.files, report.odd_names = (int(word) for word in value.split())
+            report.files, report.odd_names = _numbers(value, 2)
         elif kind == "selected":
-            report.selected, report.selected_bytes = (int(word) for word in value.split())
+            report.selected, report.selected_bytes = _numbers(value, 2)
         elif kind == "compared":
-            report.compared = int(value)
+            report.compared = _numbers(value, 1)[0]
         elif kind == "error":
             report.error = value
         elif kind == "end":

@@ -37,3 +37,8 @@ def test_drill_settings_default_and_are_validated():
         "h: borgbackup.jobs.system.checks.drillFiles: expected an integer from 0 to 10000, got 10001",
         "h: borgbackup.jobs.system.checks.drillMaxBytes: expected a number of bytes >= 0, got -1",
     ]
+
+
+def test_a_garbled_count_reads_as_zero():
+    report = parse_drill(["::drill:: files ", "::drill:: selected 3", "::drill:: compared x", "::drill:: end"])
+    assert (report.files, report.odd_names, report.selected, report.selected_bytes, report.compared) == (0, 0, 3, 0, 0)
