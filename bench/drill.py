@@ -58,7 +58,7 @@ def main() -> None:
                                        "encryption": {"mode": "repokey-blake2", "passCommand": "echo bench"}})
 
         def drill(files: int) -> float:
-            script = drill_script(job, Location(repo), "bench-system-2*", files, 64 << 20, str(root / "records"),
+            script = drill_script(job, Location(repo), archive, files, 64 << 20, str(root / "records"),
                                   scratch_dir=str(root / "scratch"))
             started = time.monotonic()
             run = subprocess.run(["sh", "-c", script], capture_output=True, text=True)

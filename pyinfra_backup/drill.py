@@ -1,9 +1,9 @@
 """The restore drill: extract a sample of an archive's files and compare them with the live files.
 
-`drill_script` builds ONE shell script run on the backup client (where the job's borg runs, with
-the job's environment and passCommand). It picks the newest archive matching a glob, lists its
-regular files, takes a deterministic pseudo-random sample bounded by a file count and a byte
-budget (seeded by the archive name: the same archive gives the same sample, each new archive
+`newest_archive` picks the archive to drill from the repo's listing (the one the run already read).
+`drill_script` builds ONE shell script run on the backup client (where the job's borg runs, with the
+job's environment and passCommand). It lists the archive's regular files, takes a deterministic
+pseudo-random sample bounded by a file count and a byte budget (seeded by the archive name: the same archive gives the same sample, each new archive
 another one), extracts the sample into a fresh 0700 scratch directory under `DRILL_DIR`
 (removed on exit, whatever happens), and compares each file with the live one by SHA-256.
 A live file whose size or mtime differs from the archived one (or that is gone) changed since
@@ -21,10 +21,11 @@ The script prints `::drill:: KIND VALUE` lines; `parse_drill` turns them into a 
 
 from __future__ import annotations
 
+import fnmatch
 import shlex
 from dataclasses import dataclass, field
 
-from pyinfra_backup.borg import STATE_DIR, Job, Location, borg_env
+from pyinfra_backup.borg import STATE_DIR, Archive, Job, Location, RepoListing, borg_env
 from pyinfra_backup.shell import sh_join
 
 DRILL_DIR = f"{STATE_DIR}/drill"
@@ -58,12 +59,20 @@ _say compared "$_c"
 """
 
 
-def drill_script(job: Job, location: Location, glob: str, files: int, max_bytes: int, record_dir: str,
+def newest_archive(listing: RepoListing, glob: str) -> Archive | None:
+    """The newest archive (not a checkpoint) whose name matches `glob`, as borg's --glob-archives
+    would match it (archive names hold no `/`)."""
+    found = [a for a in listing.archives if fnmatch.fnmatchcase(a.name, glob) and not a.is_checkpoint]
+    return max(found, key=lambda a: a.time, default=None)
+
+
+def drill_script(job: Job, location: Location, archive: str, files: int, max_bytes: int, record_dir: str,
                  lock_wait: int | None = None, scratch_dir: str = DRILL_DIR) -> str:
-    """The drill of the newest archive matching `glob` (borg's --glob-archives), as one script.
+    """The drill of one archive, as one script.
 
     >>> job = Job.from_data("system", {"repo": "/srv/repo", "paths": ["/etc"], "encryption": {"mode": "none"}})
-    >>> "--glob-archives" in drill_script(job, Location("/srv/repo"), "h-system-2*", 32, 1 << 20, "/tmp/rec")
+    >>> "_at=/srv/repo::h-system-2026-11-27T12:00:00" in drill_script(
+    ...     job, Location("/srv/repo"), "h-system-2026-11-27T12:00:00", 32, 1 << 20, "/tmp/rec")
     True
     """
     borg = ["borg", *job.extra_args]
@@ -74,7 +83,7 @@ def drill_script(job: Job, location: Location, glob: str, files: int, max_bytes:
     return "\n".join([
         "umask 077",
         f"export {env}",
-        f"_repo={shlex.quote(location.url)}; _glob={shlex.quote(glob)}",
+        f"_a={shlex.quote(archive)}; _at={shlex.quote(f'{location.url}::{archive}')}",
         f"_say() {{ printf '{MARK} %s %s\\n' \"$1\" \"$2\"; }}",
         f"_record() {{ mkdir -p {sh_join([record_dir])} && {{ echo \"$(date +%s) $1\"; echo \"$2\"; }} "
         f"> {sh_join([record + '.tmp'])} && mv -f {sh_join([record + '.tmp', record])}; }}",
@@ -86,13 +95,9 @@ def drill_script(job: Job, location: Location, glob: str, files: int, max_bytes:
         f"-mmin +{STALE_MINUTES} -exec rm -rf {{}} +",
         f"_s=$(mktemp -d {sh_join([scratch])}.XXXXXX) || exit 2",
         "trap 'cd / && rm -rf \"$_s\"' EXIT; trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM",
-        f"_a=$({sh_join([*borg, 'list', *wait, '--short', '--last', '1'])} --glob-archives \"$_glob\" \"$_repo\" "
-        "2> \"$_s/err\") || _fail 'cannot list the repo'",
-        "[ -n \"$_a\" ] || { _say error \"no archive matching $_glob: nothing to restore from\"; "
-        "_record 2 \"no archive matching $_glob\"; exit 2; }",
         "_say archive \"$_a\"",
         "yes \"$_a\" 2>/dev/null | head -c 65536 > \"$_s/seed\"",
-        f"{{ {sh_join([*borg, 'list', *wait, '--format', '{type} {size} {path}{NUL}'])} \"$_repo::$_a\" "
+        f"{{ {sh_join([*borg, 'list', *wait, '--format', '{type} {size} {path}{NUL}'])} \"$_at\" "
         "2> \"$_s/err\"; echo $? > \"$_s/rc\"; } "
         f"| tr '\\n\\000' '\\001\\n' | LC_ALL=C awk -v counts=\"$_s/counts\" {shlex.quote(_REGULAR)} "
         "| LC_ALL=C sort -R --random-source=\"$_s/seed\" -k2 "
@@ -104,7 +109,7 @@ def drill_script(job: Job, location: Location, glob: str, files: int, max_bytes:
         # pf: (a set lookup in borg, whatever the archive's size); borg 1.2 then warns "Include pattern
         # never matched" (exit status 1) although it extracted them: each file's presence is checked below
         f"if [ $# -gt 0 ]; then ( cd \"$_s/x\" && {sh_join([*borg, 'extract', *wait, '--numeric-ids'])} "
-        "\"$_repo::$_a\" \"$@\" ) 2> \"$_s/err\"; [ $? -le 1 ] || _fail 'cannot extract the sample'; fi",
+        "\"$_at\" \"$@\" ) 2> \"$_s/err\"; [ $? -le 1 ] || _fail 'cannot extract the sample'; fi",
         _COMPARE,
         "_record $_bad \"$_a: $_c files compared\"",
         "_say end",

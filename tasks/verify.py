@@ -10,15 +10,17 @@ naming every job and check that failed. Also usable alone:
 
 from __future__ import annotations
 
-from pyinfra import host, logger
+from datetime import datetime, timezone
+
+from pyinfra import host, inventory, logger
 from pyinfra import state as ctx_state
 from pyinfra.api import FunctionCommand, StringCommand
 
-from facts.borg import BackupFreshness, client_state
+from facts.borg import client_state, freshness as job_freshness, host_plan, repo_listings
 from tasks.borg import _lock_wait, _planned
 from tasks.common import HostError, host_operation
 from pyinfra_backup.borg import archive_glob, explain_error
-from pyinfra_backup.drill import drill_script, parse_drill
+from pyinfra_backup.drill import drill_script, newest_archive, parse_drill
 from pyinfra_backup.records import job_dir
 from pyinfra_backup.report import format_age
 
@@ -30,8 +32,16 @@ def _failures(host) -> list[str]:
     return host._pyinfra_backup_verify_failures
 
 
+class VerifyError(HostError):
+    """A verify step failed on this host: remembered for `outcome()`, which names every one."""
+
+    def __init__(self, message: str):
+        _failures(host).append(message)
+        super().__init__(f"{host.name}: {message}")
+
+
 def _run_drill(state, host, job: str, script: str) -> bool:  # noqa: F811 (pyinfra passes `host`)
-    ok, output = host.run_shell_command(StringCommand(script), print_output=False)
+    _, output = host.run_shell_command(StringCommand(script), print_output=False)  # the report says how it went
     report = parse_drill(output.stdout_lines)
     if report.error:
         report.error = explain_error(report.error)
@@ -66,7 +76,13 @@ def drill(job: str, files: int | None = None, max_bytes: int | None = None, arch
     budget = planned.job.drill_max_bytes if max_bytes is None else int(max_bytes)
     base = planned.job.base_name(client_state(host).hostname)
     glob = archives.replace("{base}", base) if archives else archive_glob(base)
-    script = drill_script(planned.job, planned.location, glob, count, budget, job_dir(job), _lock_wait())
+    listing = repo_listings(host)[job]
+    if listing.error:
+        raise VerifyError(f"job {job}: drill failed: cannot read the repo: {listing.error}")
+    archive = newest_archive(listing, glob)
+    if archive is None:
+        raise VerifyError(f"job {job}: drill failed: no archive matching {glob}: nothing to restore from")
+    script = drill_script(planned.job, planned.location, archive.name, count, budget, job_dir(job), _lock_wait())
     yield FunctionCommand(_run_drill, (job, script), {})
 
 
@@ -84,13 +100,15 @@ def _problem(job: str, entry: dict) -> str | None:
 
 @host_operation
 def freshness():
-    """Fail the host when a job is stale, missing or in error (`facts.borg.BackupFreshness`, read
-    from the repos; a repo whose last `borg check` failed is in error). A job that is only due
-    (no archive since the last startAt event, one since the event before) passes with a warning.
+    """Fail the host when a job is stale, missing or in error (as `facts.borg.BackupFreshness` says,
+    from this run's listing of the repos, shared with the drills; a repo whose last `borg check`
+    failed is in error). A job that is only due (no archive since the last startAt event, one
+    since the event before) passes with a warning.
 
     Example: `freshness()` after the checks and drills.
     """
-    jobs = host.get_fact(BackupFreshness)
+    state, listings, now = client_state(host), repo_listings(host), datetime.now(timezone.utc)
+    jobs = {p.job.name: job_freshness(p, state, listings[p.job.name], now) for p in host_plan(host, inventory)}
     problems = [problem for job, entry in sorted(jobs.items()) if (problem := _problem(job, entry))]
     for job, entry in sorted(jobs.items()):
         if entry["status"] == "due":
@@ -98,8 +116,7 @@ def freshness():
                             f"{format_age(entry['age_seconds'])} ago, before the last startAt event",
                             fg="yellow", log_func=logger.warning)
     if problems:
-        _failures(host).extend(problems)
-        raise HostError(f"{host.name}: " + "; ".join(problems))
+        raise VerifyError("; ".join(problems))
     host.noop(", ".join(f"{job}: {entry['status']}" for job, entry in sorted(jobs.items())))
 
 

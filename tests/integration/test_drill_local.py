@@ -44,9 +44,9 @@ def repo(tmp_path):
     return make_repo(tmp_path)
 
 
-def drill(tmp: Path, files=100, max_bytes=10**9, glob="h-system-2*"):
+def drill(tmp: Path, files=100, max_bytes=10**9, archive=ARCHIVE):
     job = Job.from_data("system", {"repo": str(tmp / "repo"), "paths": [str(tmp / "data")], "encryption": {"mode": "none"}})
-    script = drill_script(job, Location(job.repo), glob, files, max_bytes, str(tmp / "records"), 5, str(tmp / "scratch"))
+    script = drill_script(job, Location(job.repo), archive, files, max_bytes, str(tmp / "records"), 5, str(tmp / "scratch"))
     run = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
     return parse_drill(run.stdout.splitlines()), run
 
@@ -84,9 +84,10 @@ def test_the_sample_is_bounded_by_count_and_bytes_and_the_same_for_the_same_arch
     assert 0 < small.selected_bytes <= 50_000 and 0 < small.selected < 42 and not small.failed
 
 
-def test_no_matching_archive_is_an_error(healthy):
-    report, _ = drill(healthy, glob="h-system-state-*")
-    assert report.failed and report.error == "no archive matching h-system-state-*: nothing to restore from"
+def test_an_archive_that_is_not_there_is_an_error(healthy):
+    report, _ = drill(healthy, archive="h-system-2026-11-28T00:00:00")
+    assert report.failed and report.error.startswith("cannot list the archive: Archive h-system-2026-11-28T00:00:00 "
+                                                     "does not exist"), report.error
 
 
 def test_a_silently_changed_file_fails_a_changed_or_removed_one_is_skipped(repo):

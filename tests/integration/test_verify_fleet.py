@@ -87,8 +87,15 @@ def passed(run, host: str) -> bool:
 
 
 def test_a_healthy_fleet_passes_with_a_drill_of_every_file(setup):
+    fleet = setup["fleet"]
+    before = {host: fleet.exec_count(host) for host in [*CLIENTS, SERVER]}
     run = verify(setup)
     assert run.returncode == 0, run.stdout
+    for host in CLIENTS:  # one remote command each: the job records (check not due), the repo listing, the drill
+        assert fleet.exec_count(host) - before[host] == 3, run.stdout
+    # the server has no job; it serves 3 borg sessions per client: the listing (newest archive and freshness),
+    # the drill's file list and its extract
+    assert fleet.exec_count(SERVER) - before[SERVER] == 3 * len(CLIENTS), run.stdout
     for host in CLIENTS:
         assert re.search(rf"\[{host}\] job system: drill of {host}-system-\S+: 7 of 7 sampled files compared", run.stdout)
         assert passed(run, host)

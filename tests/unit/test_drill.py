@@ -1,7 +1,9 @@
 """Reading the restore drill's report (pyinfra_backup/drill.py); tests/integration/test_drill_local.py runs it."""
 
-from pyinfra_backup.borg import Job
-from pyinfra_backup.drill import parse_drill
+from datetime import UTC, datetime, timedelta
+
+from pyinfra_backup.borg import Archive, Job, RepoListing, archive_glob
+from pyinfra_backup.drill import newest_archive, parse_drill
 from pyinfra_backup.validate import host_data_errors
 
 
@@ -42,3 +44,13 @@ def test_drill_settings_default_and_are_validated():
 def test_a_garbled_count_reads_as_zero():
     report = parse_drill(["::drill:: files ", "::drill:: selected 3", "::drill:: compared x", "::drill:: end"])
     assert (report.files, report.odd_names, report.selected, report.selected_bytes, report.compared) == (0, 0, 3, 0, 0)
+
+
+def test_the_newest_archive_matching_the_glob_checkpoints_left_out():
+    now = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+    names = [("h-system-2026-11-26T12:00:00", 24), ("h-system-2026-11-27T11:00:00.checkpoint", 1),
+             ("h-system-state-2026-11-27T10:00:00", 2), ("h-system-2026-11-27T09:00:00", 3)]
+    listing = RepoListing(exists=True, archives=tuple(Archive(n, now - timedelta(hours=h)) for n, h in names))
+    assert newest_archive(listing, archive_glob("h-system")).name == "h-system-2026-11-27T09:00:00"
+    assert newest_archive(listing, "h-system-state-*").name == "h-system-state-2026-11-27T10:00:00"
+    assert newest_archive(listing, "h-db-*") is None and newest_archive(RepoListing(exists=False), "*") is None
