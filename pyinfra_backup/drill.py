@@ -43,20 +43,43 @@ _REGULAR = r"""$1 == "-" { p = substr($0, length($1) + length($2) + 3)
 END { print n + 0, odd + 0 > counts }"""
 # After the shuffle: the first files that fit, up to `n` files and `b` bytes.
 _BUDGET = r"""{ s = $1 + 0; if (k < n && s <= b - t) { k++; t += s; print } if (k >= n) exit }"""
-_COMPARE = r"""_c=0; _bad=0
-while IFS= read -r _l; do
-  _p=${_l#* }; _live="/$_p"; _copy="$_s/x/$_p"
-  if [ -L "$_copy" ] || [ ! -f "$_copy" ]; then _say unextracted "$_p"; _bad=1; continue; fi
-  if [ -L "$_live" ] || [ ! -f "$_live" ]; then _say gone "$_p"; continue; fi
-  _was=$(stat -c '%s %.9Y' -- "$_live")
-  if [ "$_was" != "$(stat -c '%s %.9Y' -- "$_copy")" ]; then _say changed "$_p"; continue; fi
-  if ! _h=$(sha256sum < "$_live"); then _say unreadable "$_p"; continue; fi
-  if [ "$_was" != "$(stat -c '%s %.9Y' -- "$_live")" ]; then _say changed "$_p"; continue; fi
-  _c=$((_c + 1))
-  if [ "$_h" != "$(sha256sum < "$_copy")" ]; then _say mismatch "$_p"; _bad=1; fi
-done < "$_s/sample"
-_say compared "$_c"
-"""
+# Comparing the sample in a constant number of processes, whatever its size: `stat` and `sha256sum` of every
+# sampled path at once, live (from /) and extracted (from the scratch copy), joined by path in awk (paths
+# with a newline are never sampled). Inputs, in this order, each after `kind=`: ls (live stat), cs (copy
+# stat), then, for phase=report only, lh / ch (live / copy sums), l2 (live stat after hashing); then
+# names (the sample). phase=select prints the paths worth hashing: regular files on both sides with the
+# same size and mtime. phase=report prints the verdict of each path that is not simply equal.
+_JOIN = r"""function named() { return substr($0, length($1) + length($2) + length($3) + 4) }
+function info() { return $1 " " $2 " " substr($3, 1, 1) }
+function regular(v) { return substr(v, length(v)) == "-" }
+function say(kind, p) { if (phase == "report") print "::drill:: " kind " " p }
+kind == "ls" { ls[named()] = info(); next }
+kind == "cs" { cs[named()] = info(); next }
+kind == "l2" { l2[named()] = info(); next }
+kind == "lh" { lh[substr($0, 67)] = substr($0, 1, 64); next }
+kind == "ch" { ch[substr($0, 67)] = substr($0, 1, 64); next }
+{ p = $0
+  if (!(p in cs) || !regular(cs[p])) { say("unextracted", p); bad = 1; next }
+  if (!(p in ls) || !regular(ls[p])) { say("gone", p); next }
+  if (ls[p] != cs[p]) { say("changed", p); next }
+  if (phase == "select") { print p; next }
+  if (!(p in lh)) { say("unreadable", p); next }
+  if (l2[p] != ls[p]) { say("changed", p); next }
+  compared++
+  if (lh[p] != ch[p]) { say("mismatch", p); bad = 1 } }
+END { if (phase == "report") { print "::drill:: compared " compared + 0; print bad + 0, compared + 0 > verdict } }"""
+_STAT = "xargs -0 -r stat -c '%s %.9Y %A %n' -- < \"$_s/names0\" > \"$_s/{0}\" 2> /dev/null"
+_SUM = "xargs -0 -r sha256sum -z -- < \"$_s/hash0\" 2> /dev/null | tr '\\000' '\\n' > \"$_s/{0}\""
+_COMPARE = "\n".join([
+    "sed 's/^[^ ]* //' \"$_s/sample\" > \"$_s/names\" && tr '\\n' '\\000' < \"$_s/names\" > \"$_s/names0\"",
+    f"( cd / && {_STAT.format('ls')} ); ( cd \"$_s/x\" && {_STAT.format('cs')} )",
+    f"LC_ALL=C awk -v phase=select {shlex.quote(_JOIN)} kind=ls \"$_s/ls\" kind=cs \"$_s/cs\" kind=names \"$_s/names\" "
+    "| tr '\\n' '\\000' > \"$_s/hash0\"",
+    f"( cd / && {_SUM.format('lh')}; {_STAT.format('l2')} ); ( cd \"$_s/x\" && {_SUM.format('ch')} )",
+    f"LC_ALL=C awk -v phase=report -v verdict=\"$_s/verdict\" {shlex.quote(_JOIN)} kind=ls \"$_s/ls\" kind=cs \"$_s/cs\" "
+    "kind=lh \"$_s/lh\" kind=ch \"$_s/ch\" kind=l2 \"$_s/l2\" kind=names \"$_s/names\"",
+    "read -r _bad _c < \"$_s/verdict\"",
+])
 
 
 def newest_archive(listing: RepoListing, glob: str) -> Archive | None:
@@ -111,7 +134,7 @@ def drill_script(job: Job, location: Location, archive: str, files: int, max_byt
         f"if [ $# -gt 0 ]; then ( cd \"$_s/x\" && {sh_join([*borg, 'extract', *wait, '--numeric-ids'])} "
         "\"$_at\" \"$@\" ) 2> \"$_s/err\"; [ $? -le 1 ] || _fail 'cannot extract the sample'; fi",
         _COMPARE,
-        "_record $_bad \"$_a: $_c files compared\"",
+        "_record \"$_bad\" \"$_a: $_c files compared\"",
         "_say end",
     ])
 

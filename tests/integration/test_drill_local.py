@@ -27,6 +27,7 @@ def make_repo(tmp_path: Path) -> Path:
     os.symlink("sub/f02", data / "symlink")
     (data / "new\nline").write_text("x")
     (data / " lead\tand tab").write_text("y")
+    (data / "back\\slash").write_text("z")
     url = str(tmp_path / "repo")
     subprocess.run(["borg", "init", "-e", "none", url], env=ENV, check=True, capture_output=True)
     subprocess.run(["borg", "create", f"{url}::{ARCHIVE}", str(data)], env=ENV, check=True, capture_output=True, cwd="/")
@@ -44,10 +45,10 @@ def repo(tmp_path):
     return make_repo(tmp_path)
 
 
-def drill(tmp: Path, files=100, max_bytes=10**9, archive=ARCHIVE):
+def drill(tmp: Path, files=100, max_bytes=10**9, archive=ARCHIVE, shell="sh"):
     job = Job.from_data("system", {"repo": str(tmp / "repo"), "paths": [str(tmp / "data")], "encryption": {"mode": "none"}})
     script = drill_script(job, Location(job.repo), archive, files, max_bytes, str(tmp / "records"), 5, str(tmp / "scratch"))
-    run = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+    run = subprocess.run([shell, "-c", script], capture_output=True, text=True)
     return parse_drill(run.stdout.splitlines()), run
 
 
@@ -67,12 +68,12 @@ def test_a_healthy_archive_compares_every_sampled_file_and_leaves_nothing_behind
     report, run = drill(repo)
     assert run.returncode == 0 and not report.failed, run.stdout + run.stderr
     assert report.archive == ARCHIVE
-    assert (report.files, report.odd_names) == (42, 1)  # 40 + the hard link + the leading-space name
-    assert report.selected == report.compared == 42 and report.found == {}
+    assert (report.files, report.odd_names) == (43, 1)  # 40 + the hard link + the odd names but the newline
+    assert report.selected == report.compared == 43 and report.found == {}
     assert tree_hash(repo / "data") == before  # live files only read
     assert os.listdir(repo / "scratch") == []  # the scratch directory is gone
     assert (repo / "records" / "last-drill").read_text().split("\n")[0].endswith(" 0")
-    assert "42 of 42 sampled files compared" in report.summary()
+    assert "43 of 43 sampled files compared" in report.summary()
 
 
 def test_the_sample_is_bounded_by_count_and_bytes_and_the_same_for_the_same_archive(healthy):
@@ -81,7 +82,7 @@ def test_the_sample_is_bounded_by_count_and_bytes_and_the_same_for_the_same_arch
     assert first.selected == first.compared == 5 and not first.failed
     assert first.selected_bytes == again.selected_bytes  # same archive, same sample
     small, _ = drill(healthy, max_bytes=50_000)
-    assert 0 < small.selected_bytes <= 50_000 and 0 < small.selected < 42 and not small.failed
+    assert 0 < small.selected_bytes <= 50_000 and 0 < small.selected < 43 and not small.failed
 
 
 def test_an_archive_that_is_not_there_is_an_error(healthy):
@@ -90,7 +91,8 @@ def test_an_archive_that_is_not_there_is_an_error(healthy):
                                                      "does not exist"), report.error
 
 
-def test_a_silently_changed_file_fails_a_changed_or_removed_one_is_skipped(repo):
+@pytest.mark.parametrize("shell", ["dash", "bash"])  # Debian's sh, NixOS' sh
+def test_a_silently_changed_file_fails_a_changed_or_removed_one_is_skipped(repo, shell):
     data = repo / "data" / "sub"
     corrupt, edited, removed = data / "f10", data / "f11", data / "f12"
     stat = corrupt.stat()
@@ -102,10 +104,10 @@ def test_a_silently_changed_file_fails_a_changed_or_removed_one_is_skipped(repo)
     os.utime(corrupt, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     edited.write_bytes(edited.read_bytes() + b"more")
     removed.unlink()
-    report, run = drill(repo)
+    report, run = drill(repo, shell=shell)
     assert report.failed and report.mismatched == [str(corrupt).lstrip("/")], run.stdout
     assert report.found["changed"] == [str(edited).lstrip("/")] and report.found["gone"] == [str(removed).lstrip("/")]
-    assert report.compared == 40  # 42 - changed - gone, the mismatch included
+    assert report.compared == 41  # 43 - changed - gone, the mismatch included
     summary = report.summary()
     assert f"1 differ from the archive although size and mtime match: {corrupt}" in summary
     assert f"1 skipped, changed since the archive: {edited}" in summary
