@@ -71,7 +71,6 @@ END { if (phase == "report") { print "::drill:: compared " compared + 0; print b
 _STAT = "xargs -0 -r stat -c '%s %.9Y %A %n' -- < \"$_s/names0\" > \"$_s/{0}\" 2> /dev/null"
 _SUM = "xargs -0 -r sha256sum -z -- < \"$_s/hash0\" 2> /dev/null | tr '\\000' '\\n' > \"$_s/{0}\""
 _COMPARE = "\n".join([
-    "sed 's/^[^ ]* //' \"$_s/sample\" > \"$_s/names\" && tr '\\n' '\\000' < \"$_s/names\" > \"$_s/names0\"",
     f"( cd / && {_STAT.format('ls')} ); ( cd \"$_s/x\" && {_STAT.format('cs')} )",
     f"LC_ALL=C awk -v phase=select {shlex.quote(_JOIN)} kind=ls \"$_s/ls\" kind=cs \"$_s/cs\" kind=names \"$_s/names\" "
     "| tr '\\n' '\\000' > \"$_s/hash0\"",
@@ -110,8 +109,9 @@ def drill_script(job: Job, location: Location, archive: str, files: int, max_byt
         f"_say() {{ printf '{MARK} %s %s\\n' \"$1\" \"$2\"; }}",
         f"_record() {{ mkdir -p {sh_join([record_dir])} && {{ echo \"$(date +%s) $1\"; echo \"$2\"; }} "
         f"> {sh_join([record + '.tmp'])} && mv -f {sh_join([record + '.tmp', record])}; }}",
-        # the reason borg gives: its last line before a traceback, else its last line
-        "_fail() { _r=$(awk '/^Traceback/ { exit } NF { l = $0 } END { print l }' \"$_s/err\" 2>/dev/null); "
+        # the reason borg gives: its last line before a traceback, else its last line (xargs' own left out)
+        "_fail() { _r=$(awk '/^Traceback/ { exit } /^xargs: / { next } NF { l = $0 } END { print l }' \"$_s/err\" "
+        "2>/dev/null); "
         "_say error \"$1: ${_r:-no reason given}\"; _record 2 \"$1: $_r\"; exit 2; }",
         f"install -d -m 0700 {sh_join([scratch_dir])} || exit 2",
         f"find {sh_join([scratch_dir])} -mindepth 1 -maxdepth 1 -name {shlex.quote(job.name + '.*')} "
@@ -128,11 +128,14 @@ def drill_script(job: Job, location: Location, archive: str, files: int, max_byt
         "[ \"$(cat \"$_s/rc\")\" -le 1 ] || _fail 'cannot list the archive'",
         "_say files \"$(cat \"$_s/counts\")\"",
         "_say selected \"$(wc -l < \"$_s/sample\") $(awk '{ t += $1 } END { print t + 0 }' \"$_s/sample\")\"",
-        "mkdir \"$_s/x\" && set -- && while IFS= read -r _l; do set -- \"$@\" \"pf:${_l#* }\"; done < \"$_s/sample\"",
+        "sed 's/^[^ ]* //' \"$_s/sample\" > \"$_s/names\" && tr '\\n' '\\000' < \"$_s/names\" > \"$_s/names0\"",
         # pf: (a set lookup in borg, whatever the archive's size); borg 1.2 then warns "Include pattern
-        # never matched" (exit status 1) although it extracted them: each file's presence is checked below
-        f"if [ $# -gt 0 ]; then ( cd \"$_s/x\" && {sh_join([*borg, 'extract', *wait, '--numeric-ids'])} "
-        "\"$_at\" \"$@\" ) 2> \"$_s/err\"; [ $? -le 1 ] || _fail 'cannot extract the sample'; fi",
+        # never matched" (exit status 1) although it extracted them: each file's presence is checked below.
+        # xargs: one borg run unless the paths need more than 1 MiB of arguments; 255 stops it (exit 124).
+        "sed 's/^/pf:/' \"$_s/names\" | tr '\\n' '\\000' > \"$_s/pf0\" && mkdir \"$_s/x\"",
+        f"( cd \"$_s/x\" && xargs -0 -r -s 1048576 sh -c '\"$@\" || [ $? -eq 1 ] || exit 255' sh "
+        f"{sh_join([*borg, 'extract', *wait, '--numeric-ids'])} \"$_at\" < \"$_s/pf0\" ) 2> \"$_s/err\" "
+        "|| _fail 'cannot extract the sample'",
         _COMPARE,
         "_record \"$_bad\" \"$_a: $_c files compared\"",
         "_say end",
