@@ -13,29 +13,25 @@ from pyinfra import host, inventory
 
 from facts.borg import fleet_servers, host_plan
 from pyinfra_backup.validate import require_valid_inventory
-from tasks import borg
+from tasks import backup, borg, offsite
 
 require_valid_inventory()
 
 plan = host_plan(host, inventory)
 enrolled = any(planned.server for planned in plan)
 
-# Order matters: the key exists before the server authorises it, and the server
-# is set up before the client pins its host key and reaches its repo.
+# Order matters: the key exists before the server authorises it, and the server is set up
+# before the client pins its host keys and reaches its repo (both in `backup.run`).
 if enrolled:
     borg.backup_key(name="Backup key")
 if host.name in fleet_servers(inventory):
     borg.repo_server(name="Repo server: users, repo directories, authorized_keys")
-if enrolled:
-    borg.pin_server_keys(name="Pin repo server host keys")
-
-# One job's failure does not stop the host's other jobs: each step records its outcome on the
-# host, and `outcome` fails the host at the end, naming every failed job and why.
-for planned in plan:
-    job = planned.job.name
-    borg.init(job=job, name=f"borg init {job}", _ignore_errors=True)
-    borg.create(job=job, name=f"borg create {job}", _ignore_errors=True)
-    borg.prune(job=job, name=f"borg prune + compact {job}", _ignore_errors=True)
-    borg.check(job=job, name=f"borg check {job}", _ignore_errors=True)
 if plan:
-    borg.outcome(name="Backup outcome")
+    backup.run(name="Backup jobs: " + ", ".join(planned.job.name for planned in plan))
+
+# Last: a server with borgbackup.offsite copies its repos offsite. pyinfra orders the operations
+# of all hosts in layers of each host's own sequence (then by line): the copy, second in the
+# server's sequence, runs after `backup`, second in every enrolled client's (see the offsite fleet
+# test). An operation added before `backup` in the clients' sequence must come before the copy here.
+if offsite.configured(host):
+    offsite.copy(name="Offsite copy of the repos (rclone)")

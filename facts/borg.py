@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from collections.abc import Mapping
 
+from gevent.lock import RLock
 from pyinfra import context
 from pyinfra.api import FactBase
 
@@ -25,7 +26,7 @@ from pyinfra_backup.enrollment import PlannedJob, Server, plan_jobs
 from pyinfra_backup.metrics import TEXTFILE_NAME
 from pyinfra_backup.records import JobRecords, parse_records, read_sections
 from pyinfra_backup.schedule import Schedule
-from pyinfra_backup.shell import Section, parse_sections, sectioned_script, sh_join, with_env
+from pyinfra_backup.shell import ReadFile, Section, parse_sections, sectioned_script, sh_join, with_env
 
 NO_KEY = 3  # exit status of a listing skipped because the host has no backup key yet
 
@@ -68,12 +69,12 @@ def _listing_command(planned: PlannedJob) -> str:
 
 def _client_sections(plan: list[PlannedJob], textfile: str | None) -> dict[str, str]:
     sections = {
-        "hostname": "uname -n",
-        "key": f"test -f {BACKUP_KEY} && cat {BACKUP_KEY}.pub",
-        "known_hosts": f"cat {KNOWN_HOSTS}",
+        "hostname": ReadFile("/proc/sys/kernel/hostname"),  # = uname -n, without starting a process
+        "key": ReadFile(f"{BACKUP_KEY}.pub", only_if=BACKUP_KEY),
+        "known_hosts": ReadFile(KNOWN_HOSTS),
     }
     if textfile:
-        sections["textfile"] = f"cat {sh_join([textfile])}"
+        sections["textfile"] = ReadFile(textfile)
     for planned in plan:
         for key, command in read_sections(planned.job.name).items():
             sections[f"{key}.{planned.job.name}"] = command
@@ -266,7 +267,9 @@ def server_state(host, users: list[str], groups: list[str], paths: list[str]) ->
 
 def forget(host) -> None:
     """Drop what we know of a host: an operation of ours is about to change it."""
-    _cache(host).clear()
+    cache = _cache(host)
+    for key in [key for key in cache if key != "lock"]:
+        del cache[key]
     host._pyinfra_backup_changed = True
 
 
@@ -286,11 +289,15 @@ class SshHostKeys(FactBase):
 
 
 def host_keys(host) -> list[str]:
-    """A server's SSH host keys, from this run's view when we have one."""
+    """A server's SSH host keys, from this run's view when we have one; else read once for all
+    the clients that ask at the same time (each client's operation runs in its own greenlet)."""
     cache = _cache(host)
-    if "server" in cache:
-        return cache["server"].host_keys
-    return host.get_fact(SshHostKeys)
+    with cache.setdefault("lock", RLock()):
+        if "server" in cache:
+            return cache["server"].host_keys
+        if "host_keys" not in cache:
+            cache["host_keys"] = host.get_fact(SshHostKeys)
+        return cache["host_keys"]
 
 
 def backup_key(host) -> str | None:
@@ -319,10 +326,11 @@ class RestoreTarget(FactBase):
     def marker(path: str) -> str:
         return f"{STATE_DIR}/restores/{hashlib.sha256(path.encode()).hexdigest()[:16]}"
 
-    def command(self, path: str) -> str:
+    def command(self, path: str, key: str | None = None) -> str:
+        """`key`: what the marker is kept by, when one target receives several kinds of archive."""
         return sectioned_script({
             "entries": f"ls -A {sh_join([path])} | wc -l",
-            "restored": f"cat {self.marker(path)}",
+            "restored": f"cat {self.marker(key or path)}",
         })
 
     def process(self, output) -> RestoreTargetState:

@@ -644,21 +644,28 @@ def verify(secret: Secret, ciphertext: bytes, plaintext: bytes, identities: Iden
 
 
 def _encrypt(secret: Secret, plaintext: bytes, callbacks) -> bytes:
+    return encrypt_to(plaintext, secret.recipients, secret.armor, callbacks, what=secret.name)
+
+
+def encrypt_to(plaintext: bytes, recipients: Iterable[Recipient], armored: bool = False, callbacks=None,
+               what: str = "age") -> bytes:
+    """Encrypt in memory to age/SSH/plugin recipients (`Recipient.parse`d); plugin recipients need
+    `age-plugin-<name>` on PATH (RekeyError naming `what` otherwise)."""
     import pyrage
 
-    recipients, plugin_groups = [], {}
-    for r in secret.recipients:
+    native, plugin_groups = [], {}
+    for r in recipients:
         if r.kind in SSH_TYPES:
-            recipients.append(pyrage.ssh.Recipient.from_str(r.text))
+            native.append(pyrage.ssh.Recipient.from_str(r.text))
         elif r.kind == X25519:
-            recipients.append(pyrage.x25519.Recipient.from_str(r.text))
+            native.append(pyrage.x25519.Recipient.from_str(r.text))
         else:
             plugin_groups.setdefault(r.plugin, []).append(pyrage.plugin.Recipient.from_str(r.text))
     for name, group in plugin_groups.items():
         if shutil.which(f"age-plugin-{name}") is None:
-            raise RekeyError(f"{secret.name}: age-plugin-{name} is not on PATH (needed to encrypt to {group[0]})")
-        recipients.append(pyrage.plugin.RecipientPluginV1(name, group, [], callbacks or PluginCallbacks()))
-    return pyrage.encrypt(plaintext, recipients, armored=secret.armor)
+            raise RekeyError(f"{what}: age-plugin-{name} is not on PATH (needed to encrypt to {group[0]})")
+        native.append(pyrage.plugin.RecipientPluginV1(name, group, [], callbacks or PluginCallbacks()))
+    return pyrage.encrypt(plaintext, native, armored=armored)
 
 
 def apply_plan(plan: Plan, identities: Identities | None = None, *, callbacks=None,

@@ -219,6 +219,12 @@ def extract_argv(job: Job, url: str, archive: str, paths: tuple[str, ...] = ()) 
     return [*_borg(job, "extract"), "--numeric-ids", f"{url}::{archive}", *paths]
 
 
+def export_tar_argv(job: Job, url: str, archive: str, paths: tuple[str, ...] = ()) -> list[str]:
+    """`borg export-tar` of an archive (or some of its paths) to stdout: a restore relayed by the
+    operator's machine (pyinfra_backup/relay.py)."""
+    return [*_borg(job, "export-tar"), f"{url}::{archive}", "-", *paths]
+
+
 @dataclass(frozen=True)
 class Archive:
     name: str
@@ -252,6 +258,11 @@ class RepoListing:
         own = re.compile(re.escape(base_name) + "-" + STAMP + r"(\.checkpoint(\.\d+)?)?$")
         found = [a for a in self.archives if own.match(a.name) and (checkpoints or not a.is_checkpoint)]
         return sorted(found, key=lambda a: a.time)
+
+    def state_archives(self, base_name: str) -> list[Archive]:
+        """The job's state archives (`<base>-state-<timestamp>`), oldest first, no checkpoints."""
+        own = re.compile(re.escape(base_name) + "-state-" + STAMP + "$")
+        return sorted((a for a in self.archives if own.match(a.name)), key=lambda a: a.time)
 
 
 def _utc(text: str) -> datetime:

@@ -21,8 +21,8 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from pyinfra_backup.borg import STATE_DIR
-from pyinfra_backup.shell import sh_join
+from pyinfra_backup.borg import MISSING_REPO, STATE_DIR
+from pyinfra_backup.shell import ReadFile, sh_join
 
 JOBS_DIR = f"{STATE_DIR}/jobs"
 FILES = {"create": "last-create.json", "attempt": "last-attempt", "check": "last-check", "checkok": "last-check-ok"}
@@ -71,9 +71,9 @@ def parse_attempt(text: str) -> Attempt | None:
     return Attempt(_time(words[0]), int(words[1]), "\n".join(lines[1:]).strip())
 
 
-def read_sections(job: str) -> dict[str, str]:
-    """Section name suffix -> command, for `sectioned_script` (absent files: a failed section)."""
-    return {key: f"cat {sh_join([f'{job_dir(job)}/{name}'])}" for key, name in FILES.items()}
+def read_sections(job: str) -> dict[str, ReadFile]:
+    """Section name suffix -> file read, for `sectioned_script` (absent files: a failed section)."""
+    return {key: ReadFile(f"{job_dir(job)}/{name}") for key, name in FILES.items()}
 
 
 def parse_records(texts: dict[str, str | None]) -> JobRecords:
@@ -98,13 +98,19 @@ def record_attempt(job: str, rc: int, message: str) -> str:
     )
 
 
-def create_command(job: str, borg_create: str, accept_warnings: bool) -> str:
+def create_command(job: str, borg_create: str, accept_warnings: bool, init_if_missing: str | None = None) -> str:
     """Run `borg create --json` and record its outcome either way; exits with borg's status
-    (a warning, rc 1, counts as success when `accept_warnings`)."""
+    (a warning, rc 1, counts as success when `accept_warnings`). With `init_if_missing` (a
+    `borg init` command line), a repo that borg reports missing is initialised, then created into."""
     d = sh_join([job_dir(job)])
     limit = 1 if accept_warnings else 0
+    create = f"{borg_create} > {d}/last-create.json.tmp"
+    retry = ""
+    if init_if_missing:
+        retry = (f"if [ $_rc -eq 2 ] && grep -Eqi {sh_join([MISSING_REPO.pattern])} {d}/create.log; then "
+                 f"{{ {init_if_missing} && {create}; }} 2> {d}/create.log; _rc=$?; fi; ")
     return (
-        f"mkdir -p {d} && cd / && {{ {borg_create} > {d}/last-create.json.tmp 2> {d}/create.log; _rc=$?; }}; "
+        f"mkdir -p {d} && cd / && {{ {create} 2> {d}/create.log; _rc=$?; }}; {retry}"
         f"if [ $_rc -le {limit} ]; then mv -f {d}/last-create.json.tmp {d}/last-create.json && "
         f"echo \"$(date +%s) 0\" > {d}/last-attempt; "
         f"else {{ echo \"$(date +%s) $_rc\"; tail -n 3 {d}/create.log; }} > {d}/last-attempt; "

@@ -144,9 +144,9 @@ def _read_host(state, host) -> dict:
     return {"reachable": True, "error": None, "jobs": jobs}
 
 
-def collect(inventory: str) -> dict:
-    """Read every host of `inventory` (a path or anything `pyinfra INVENTORY` accepts): the report dict."""
-    import gevent
+def load_state(inventory: str):
+    """A pyinfra State holding `inventory` (a path or anything `pyinfra INVENTORY` accepts), with
+    pyinfra's context set, as `pyinfra INVENTORY` makes them; run from the project root."""
     from pyinfra.api import Config, State
     from pyinfra.context import ctx_config, ctx_inventory, ctx_state
     from pyinfra_cli.inventory import make_inventory  # imports gevent.monkey.patch_all(), as pyinfra does
@@ -162,6 +162,15 @@ def collect(inventory: str) -> dict:
     loaded = make_inventory(inventory, cwd=cwd)
     ctx_inventory.set(loaded)
     state.init(loaded, config)
+    return state
+
+
+def collect(inventory: str) -> dict:
+    """Read every host of `inventory` (a path or anything `pyinfra INVENTORY` accepts): the report dict."""
+    import gevent
+
+    state = load_state(inventory)
+    loaded = state.inventory
     hosts = list(loaded)
     greenlets = [state.pool.spawn(_read_host, state, host) for host in hosts]
     gevent.joinall(greenlets)

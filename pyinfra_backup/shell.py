@@ -35,17 +35,48 @@ def with_env(env: Mapping[str, str], argv: Iterable[str]) -> str:
     return " ".join([*assignments, sh_join(argv)])
 
 
-def sectioned_script(sections: Mapping[str, str]) -> str:
-    """One POSIX sh script running each command and printing it as a named section."""
-    parts = ['_e=$(mktemp)']
+@dataclass(frozen=True)
+class ReadFile:
+    """A section that prints a file's content with shell builtins only (no process is started),
+    failing (rc 1) when the file, or `only_if`, is absent. Most sections of our facts are reads
+    of small files: on a fleet sharing CPUs, every process a fact starts counts."""
+
+    path: str
+    only_if: str | None = None
+
+    def script(self, name: str) -> str:
+        tests = [f"[ -f {shlex.quote(self.path)} ]", f"[ -r {shlex.quote(self.path)} ]"]
+        if self.only_if:
+            tests.insert(0, f"[ -e {shlex.quote(self.only_if)} ]")
+        return (
+            f"echo {shlex.quote(f'{MARK} {name}')}; "
+            f"if {' && '.join(tests)}; then _pbk_read {shlex.quote(self.path)}; _rc=0; else _rc=1; fi; "
+            f"echo {shlex.quote(f'{MARK} {name} stderr')}; echo {shlex.quote(f'{MARK} {name} rc')} $_rc"
+        )
+
+
+_READ_FUNCTION = """_pbk_read() { while IFS= read -r _l || [ -n "$_l" ]; do printf '%s\\n' "$_l"; done < "$1"; }"""
+
+
+def sectioned_script(sections: Mapping[str, str | ReadFile], stop_on_failure: bool = False) -> str:
+    """One POSIX sh script running each command (or `ReadFile`) and printing it as a named section;
+    with `stop_on_failure`, the commands after a failed one do not run (and are absent from the output)."""
+    commands = {name: c for name, c in sections.items() if not isinstance(c, ReadFile)}
+    parts = ['_e=$(mktemp)'] if commands else []
+    if len(commands) < len(sections):
+        parts.append(_READ_FUNCTION)
     for name, command in sections.items():
+        if isinstance(command, ReadFile):
+            parts.append(command.script(name))
+            continue
         label = shlex.quote(f"{MARK} {name}")
         parts.append(
             f"echo {label}; ( {command} ) 2>\"$_e\"; _rc=$?; "
             f"echo {shlex.quote(f'{MARK} {name} stderr')}; cat \"$_e\"; "
             f"echo {shlex.quote(f'{MARK} {name} rc')} $_rc"
+            + ('; [ $_rc -eq 0 ] || { rm -f "$_e"; exit 0; }' if stop_on_failure else "")
         )
-    parts.append('rm -f "$_e"; exit 0')
+    parts.append('rm -f "$_e"; exit 0' if commands else "exit 0")
     return "; ".join(parts)
 
 
@@ -75,6 +106,11 @@ def parse_sections(lines: Iterable[str]) -> dict[str, Section]:
     sections: dict[str, Section] = {}
     current: list[str] | None = None
     for line in lines:
+        cut = line.find(MARK + " ")
+        if cut > 0:  # a section's output without a final newline: its last line, then the next marker
+            if current is not None:
+                current.append(line[:cut])
+            line = line[cut:]
         if line.startswith(MARK + " "):
             words = line[len(MARK) + 1 :].split(" ")
             section = sections.setdefault(words[0], Section())

@@ -291,6 +291,9 @@ def _extra_errors(data: Mapping) -> list[tuple[list, str]]:
     state = data.get("system_state")
     if isinstance(state, Mapping) and "job" in state:
         out += _job_name_errors(["system_state", "job"], state["job"], jobs)
+    elif isinstance(state, Mapping) and len(jobs) != 1:
+        where = f"one of: {', '.join(jobs)}" if jobs else "the host has no jobs"
+        out.append((["system_state", "job"], f"missing, expected the job whose repo keeps the state archives ({where})"))
     for key in ("backup_force", "backup_force_check", "recover_jobs"):
         if key in data and not isinstance(data[key], bool):
             out += _job_name_errors([key], data[key], jobs)
@@ -306,10 +309,27 @@ def _dotted(path) -> str:
 
 def host_data_errors(host_name: str, data: Mapping) -> list[str]:
     """Every problem of one host's data, as '<host>: <key path>: <expected ...>, got <value>' lines."""
-    found = [message for error in _validator().iter_errors(data) for message in _messages(error)]
-    found += _extra_errors(data)
-    lines = (f"{host_name}: {_dotted(path)}: {text}" for path, text in sorted(found, key=lambda f: _dotted(f[0])))
-    return list(dict.fromkeys(lines))
+    return [f"{host_name}: {line}" for line in _problems(_fingerprint(data), data)]
+
+
+def _fingerprint(data: Mapping) -> str:
+    """What validation depends on: the names of all top-level keys, the values of the schema's own.
+    Hosts of a fleet mostly share their group data: each distinct fingerprint is validated once."""
+    known = load_schema()["properties"]
+    return json.dumps([sorted(map(str, data)), {k: v for k, v in data.items() if k in known}],
+                      sort_keys=True, default=repr)
+
+
+_SEEN: dict[str, list[str]] = {}  # fingerprint -> problems (key path: message)
+
+
+def _problems(fingerprint: str, data: Mapping) -> list[str]:
+    if fingerprint not in _SEEN:
+        found = [message for error in _validator().iter_errors(data) for message in _messages(error)]
+        found += _extra_errors(data)
+        lines = (f"{_dotted(path)}: {text}" for path, text in sorted(found, key=lambda f: _dotted(f[0])))
+        _SEEN[fingerprint] = list(dict.fromkeys(lines))
+    return _SEEN[fingerprint]
 
 
 def inventory_errors(inventory) -> list[str]:

@@ -10,12 +10,11 @@ from a deploy (see deploys/backup.py) or directly:
 from __future__ import annotations
 
 import os
-import subprocess
 from datetime import datetime, timezone
 
 from pyinfra import host, inventory, logger
 from pyinfra import state as ctx_state
-from pyinfra.api import FunctionCommand, StringCommand
+from pyinfra.api import FunctionCommand
 from pyinfra.facts.files import Directory
 from pyinfra.facts.server import Home
 
@@ -23,12 +22,13 @@ from facts.borg import (
     BorgRepoFiles, RestoreTarget, backup_key as client_key, changed_in_run, client_state, fleet_servers, forget, host_keys, host_plan,
     repo_listings, server_state, servers_of, textfile_path,
 )
+from tasks import operator
 from tasks.common import HostError, host_operation
 from pyinfra_backup.borg import (
     BACKUP_KEY, KNOWN_HOSTS, check_argv, compact_argv, create_argv,
     extract_argv, borg_env, explain_error, init_argv, parse_interval, prune_argv,
 )
-from pyinfra_backup.enrollment import authorized_keys, operator_location, server_repos
+from pyinfra_backup.enrollment import authorized_keys, server_repos
 from pyinfra_backup.metrics import job_metrics_from_records, render_textfile
 from pyinfra_backup.ping import ping
 from pyinfra_backup.prune import to_prune
@@ -77,14 +77,24 @@ class JobError(HostError):
     def __init__(self, job: str, message: str):
         super().__init__(f"{host.name}: job {job}: {message}")
         self.job = job
-        _failed_jobs().add(job)
+        failed_jobs().add(job)
 
     def record(self) -> list[str]:
         forget(host)
         return [record_attempt(self.job, 2, str(self))]
 
 
-def _failed_jobs() -> set[str]:
+def step_failed(failed_host, reason: str) -> None:
+    """A backup step of another module (tasks/state.py) failed on this host: `outcome` fails the
+    host at the end of the run and names the reason with the failed jobs'."""
+    if not hasattr(failed_host, "_pyinfra_backup_step_failures"):
+        failed_host._pyinfra_backup_step_failures = []
+    failures = failed_host._pyinfra_backup_step_failures
+    if reason not in failures:
+        failures.append(reason)
+
+
+def failed_jobs() -> set[str]:
     """Jobs of this host that failed in this run (kept on the host object for the run)."""
     if not hasattr(host, "_pyinfra_backup_failed_jobs"):
         host._pyinfra_backup_failed_jobs = set()
@@ -94,7 +104,7 @@ def _failed_jobs() -> set[str]:
 def _job(job: str):
     """The planned job, or None (with a noop saying why) when it failed earlier in this run."""
     planned = _planned(job)
-    if job in _failed_jobs():
+    if job in failed_jobs():
         host.noop(f"{job}: skipped, the job failed earlier in this run")
         return None
     return planned
@@ -203,8 +213,11 @@ def pin_server_keys():
 
 
 @host_operation
-def init(job: str):
+def init(job: str, unless_create_will: bool = False):
     """Initialise the job's repo with its encryption mode when it does not exist (`doInit`).
+    With `unless_create_will`, a host with no archive on record whose create runs next leaves it to
+    `create`, which initialises the repo only if borg finds none: a new host's first run then opens
+    its repo once, not twice (`tasks.backup.run` does this).
 
     Example: `init(job="system")`.
     """
@@ -215,6 +228,9 @@ def init(job: str):
     if recorded:
         host.noop(f"{job}: repo exists: this host made {recorded[0]} in it")
         return
+    if unless_create_will and planned.job.do_init and _not_due(planned) is None:
+        host.noop(f"{job}: no archive on record: create initialises the repo if borg finds none")
+        return
     listing = _readable_listing(job)
     if listing.exists:
         host.noop(f"{job}: repo exists ({listing.encryption}, id {listing.repo_id[:12]})")
@@ -224,6 +240,22 @@ def init(job: str):
     forget(host)
     env = borg_env(planned.job, planned.location)
     yield with_env(env, init_argv(planned.job, planned.location))
+
+
+def _not_due(planned) -> str | None:
+    """Why the job's create has nothing to do now, or None when it is due (or forced)."""
+    job = planned.job.name
+    if _forced(job):
+        return None
+    if not planned.job.start_at:
+        return f"{job}: startAt is empty: runs only with backup_force"
+    last = client_state(host).records[job].last_archive
+    schedule = Schedule.parse(list(planned.job.start_at))
+    now = _now()
+    if last and schedule.due_state(last[1], now) == "fresh":
+        return (f"{job}: not due: last archive {last[0]} made {_ago(last[1])}; "
+                f"next after {schedule.next(now):%Y-%m-%d %H:%M} UTC")
+    return None
 
 
 @host_operation
@@ -237,65 +269,35 @@ def create(job: str):
     planned = _job(job)
     if planned is None:
         return
+    reason = _not_due(planned)
+    if reason:
+        host.noop(reason)
+        return
     state = client_state(host)
-    hostname, last = state.hostname, state.records[job].last_archive
-    schedule = Schedule.parse(list(planned.job.start_at))
-    now = _now()
-    if not _forced(job):
-        if not planned.job.start_at:
-            host.noop(f"{job}: startAt is empty: runs only with backup_force")
-            return
-        if last and schedule.due_state(last[1], now) == "fresh":
-            host.noop(f"{job}: not due: last archive {last[0]} made {_ago(last[1])}; "
-                      f"next after {schedule.next(now):%Y-%m-%d %H:%M} UTC")
-            return
     forget(host)
-    argv = create_argv(planned.job, planned.job.base_name(hostname), planned.location.url, _lock_wait())
-    run = with_env(borg_env(planned.job, planned.location), argv)
+    env = borg_env(planned.job, planned.location)
+    argv = create_argv(planned.job, planned.job.base_name(state.hostname), planned.location.url, _lock_wait())
+    first = not state.records[job].last_archive and planned.job.do_init
+    init_if_missing = with_env(env, init_argv(planned.job, planned.location)) if first else None
     _created().add(job)
     ping_url = (host.data.get("monitoring") or {}).get("ping_url")
     if ping_url:
         yield FunctionCommand(_ping, (ping_url, "start", None), {})
-    yield create_command(job, run, accept_warnings=not planned.job.fail_on_warnings)
-
-
-def _operator_location(planned):
-    """The job's repo as the operator reaches it: full access with `borgbackup.operatorIdentity`,
-    the server's host key checked against the operator's own known_hosts for it."""
-    server_host = inventory.get_host(planned.server.name)
-    return operator_location(
-        planned.server, host.name, (host.data.get("borgbackup") or {}).get("operatorIdentity", "~/.ssh/id_ed25519"),
-        server_host.data.get("ssh_known_hosts_file") or "~/.ssh/known_hosts",
-    )
+    yield create_command(job, with_env(env, argv), accept_warnings=not planned.job.fail_on_warnings,
+                         init_if_missing=init_if_missing)
 
 
 def _run_operator_borg(state, host, planned, location, argvs: list[list[str]]) -> bool:  # noqa: F811 (pyinfra passes `host`)
-    """Run borg on the operator's machine with the operator's key (full access). The
-    passphrase comes from the job's passCommand on the host, through an anonymous pipe."""
-    passphrase = b""
-    if planned.job.mode != "none":
-        ok, output = host.run_shell_command(StringCommand(planned.job.pass_command), print_output=False)
-        if not ok:
-            host.log_styled(f"job {planned.job.name}: the passCommand failed on the host", fg="red", log_func=logger.error)
-            return False
-        passphrase = "\n".join(output.stdout_lines).encode()
-    for argv in argvs:
-        read_end, write_end = os.pipe()
-        env = borg_env(planned.job, location, {"BORG_PASSPHRASE_FD": str(read_end)})
-        try:
-            proc = subprocess.Popen(argv, env={**os.environ, **env}, pass_fds=(read_end,),
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        finally:
-            os.close(read_end)
-        with os.fdopen(write_end, "wb") as pipe:
-            pipe.write(passphrase)
-        out, err = proc.communicate()
-        if proc.returncode != 0 and not (proc.returncode == 1 and not planned.job.fail_on_warnings):
-            reason = (err.decode(errors="replace").strip().splitlines() or [f"exit {proc.returncode}"])[-1]
-            command = next(word for word in argv[1:] if not word.startswith("-"))
-            host.log_styled(f"job {planned.job.name}: borg {command} failed: {reason}", fg="red", log_func=logger.error)
-            return False
-    forget(host)
+    """Run borg on the operator's machine with the operator's key (full access); see tasks/operator.py."""
+    try:
+        secret = operator.passphrase(host, planned)
+        for argv in argvs:
+            operator.run_borg(planned, location, argv, secret)
+    except operator.OperatorError as error:
+        host.log_styled(str(error), fg="red", log_func=logger.error)
+        return False
+    finally:
+        forget(host)
     return True
 
 
@@ -323,7 +325,7 @@ def prune(job: str):
     if not doomed:
         host.noop(f"{job}: nothing to prune ({len(archives)} archives within prune.keep)")
         return
-    location = planned.location if planned.server is None else _operator_location(planned)
+    location = planned.location if planned.server is None else operator.location(host, planned)
     wait = _lock_wait()
     argvs = [prune_argv(planned.job, base, location.url, wait), compact_argv(planned.job, location.url, wait)]
     if planned.server is not None:
@@ -398,9 +400,8 @@ def _ping(state, host, url: str, kind: str, excerpt: str | None) -> bool:  # noq
 def outcome():
     """The end of a host's backup run: writes the node_exporter textfile (`monitoring.textfile_dir`)
     when the jobs' records changed, pings `monitoring.ping_url` (success or /fail with the reasons)
-    when a backup ran, and fails the host when any of its job steps failed in this run (those run
-    with `_ignore_errors` so that one job's failure does not stop the others), naming each
-    failed job and why.
+    when a backup ran, and fails the host when any of its job steps failed in this run (inside
+    `tasks.backup.run`, or as separate operations run with `_ignore_errors`), naming each failed job and why.
 
     Example: `outcome()` after every job's steps.
     """
@@ -408,14 +409,15 @@ def outcome():
     monitoring = host.data.get("monitoring") or {}
     changed = False
     results = ctx_state.get_results_for_host(host)
-    failed = bool(results.ignored_error_ops or _failed_jobs())
+    steps = getattr(host, "_pyinfra_backup_step_failures", [])
+    failed = bool(results.ignored_error_ops or failed_jobs() or steps)
     path = textfile_path(host)
     if path and (state.textfile is None or failed or changed_in_run(host)):  # else nothing new to tell
         text = _textfile(state)
         if state.textfile != text:
             changed = True
             yield f"mkdir -p {sh_join([os.path.dirname(path)])} && " + atomic_write(path, text)
-    reasons = _failures(state.records) if failed else []
+    reasons = _failures(state.records) + steps if failed else []
     if monitoring.get("ping_url") and (failed or _created()):
         changed = True
         excerpt = "\n".join(reasons) if failed else None

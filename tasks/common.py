@@ -15,9 +15,14 @@ message, the others go on.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Iterable
 
+from paramiko import SSHException
 from pyinfra import logger
-from pyinfra.api import FunctionCommand, operation
+from pyinfra.api import FunctionCommand, StringCommand, operation
+from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
+from pyinfra.api.command import PyinfraCommand
+from pyinfra.api.util import log_host_command_error, print_host_combined_output
 
 
 class HostError(Exception):
@@ -48,3 +53,50 @@ def host_operation(func):
             yield _fail(str(error))
 
     return operation()(body)
+
+
+class Contained(PyinfraCommand):
+    """A command whose failure is reported and handed to `on_failure` instead of stopping the
+    operation: an operation that runs several independent steps (every job of a host) goes on
+    with the next one. Shell commands keep pyinfra's connector arguments (sudo, env) and output.
+
+        yield Contained(StringCommand("borg create ..."), lambda: failed.add("system"))
+    """
+
+    def __init__(self, command: PyinfraCommand, on_failure: Callable[[], None]):
+        super().__init__()
+        self.command, self.on_failure = command, on_failure
+
+    def __repr__(self) -> str:
+        return f"Contained({self.command!r})"
+
+    def execute(self, state, host, connector_arguments) -> bool:
+        try:
+            if isinstance(self.command, StringCommand):
+                ok, output = self.command.execute(state, host, connector_arguments)
+                if not ok and not state.print_output:
+                    print_host_combined_output(host, output)
+            else:
+                ok = self.command.execute(state, host, connector_arguments)
+        except (TimeoutError, OSError, SSHException) as error:
+            log_host_command_error(host, error)
+            ok = False
+        if ok is False:
+            self.on_failure()
+        return True
+
+
+def contained(commands: Iterable, on_failure: Callable[[], None]):
+    """Each command (a string or a pyinfra command) as `Contained`."""
+    for command in commands:
+        yield Contained(StringCommand(command) if isinstance(command, str) else command, on_failure)
+
+
+def run_in_operation(state, host, command: str):
+    """Run `command` from a FunctionCommand of the executing operation with that operation's
+    connector arguments (`_sudo`, `_su_user`, `_env`, ... or `--sudo`), which pyinfra applies to
+    yielded commands but not to a function's own `host.run_shell_command`. -> (ok, CommandOutput)."""
+    arguments = state.get_op_data_for_host(host, host.executing_op_hash).global_arguments
+    connector_arguments = {key: arguments[key] for key in CONNECTOR_ARGUMENT_KEYS if key in arguments}
+    return host.run_shell_command(StringCommand(command), print_output=state.print_output,
+                                  print_input=state.print_input, **connector_arguments)

@@ -1,4 +1,7 @@
-"""Shared fixtures: the namespace SSH test fleet (tests/fleet). Mark tests that use it with @pytest.mark.fleet."""
+"""Shared fixtures: the namespace SSH test fleet (tests/fleet; mark tests that use it with @pytest.mark.fleet),
+and the command-line options of tests/infra (collected only with --inventory)."""
+
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +52,33 @@ def fleet_factory(_fleet_session):
     yield make
     for f in made:
         f.down()
+
+
+# --- tests/infra: testinfra checks of a fleet, run only against an inventory given on the command line
+
+INFRA_DIR = Path(__file__).parent / "infra"
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("infra", "tests/infra: testinfra checks of the hosts of a pyinfra inventory")
+    group.addoption("--inventory", metavar="PATH",
+                    help="the pyinfra inventory whose hosts tests/infra checks (without it, tests/infra is not collected)")
+    group.addoption("--limit", action="append", default=[], metavar="HOSTS",
+                    help="tests/infra: only these hosts (names, group names or globs; comma-separated or repeated)")
+
+
+def pytest_ignore_collect(collection_path, config):
+    if config.getoption("inventory") is None and Path(collection_path) == INFRA_DIR:
+        return True
+    return None
+
+
+def pytest_configure(config):
+    asked = [arg for arg in config.args if _under(Path(arg.split("::")[0]).resolve(), INFRA_DIR)]
+    if asked and config.getoption("inventory") is None:
+        raise pytest.UsageError("tests/infra checks the hosts of a pyinfra inventory: add --inventory PATH "
+                                "(e.g. pytest tests/infra --inventory inventory/example.py --limit host01)")
+
+
+def _under(path: Path, directory: Path) -> bool:
+    return path == directory or directory in path.parents

@@ -21,3 +21,8 @@ borgbackup = {
     # The operator's private key on the machine running pyinfra: prune and compact use it.
     "operatorIdentity": "~/.ssh/id_ed25519",
 }
+
+# Host identity (machine-id, SSH host keys, /var/lib/nixos, ...) as state archives in the system job's repo,
+# a new one only when those files change; default paths (schema.json). With "ageRecipients": [admin keys]
+# the backup run also writes an age-encrypted copy to recovery/<host>/ on the operator's machine.
+system_state = {"job": "system"}

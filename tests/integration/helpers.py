@@ -29,6 +29,13 @@ def operator_borg(setup: dict, client: str, *args: str, check: bool = True):
     return subprocess.run(argv, env=env, capture_output=True, text=True, check=check)
 
 
+def tree(fleet, name: str, path: str) -> str:
+    """Every entry under `path` inside a fleet host (relative name, uid, gid, mode, type, link target),
+    then every regular file's sha256: equal trees print the same text."""
+    return fleet.run(name, f"cd {path} && find . -printf '%p %U %G %m %y %l\\n' | sort && "
+                           "find . -type f -print0 | sort -z | xargs -0 sha256sum").stdout
+
+
 def in_host(fleet, name: str, cmd: str) -> list[str]:
     """argv that runs `cmd` inside a fleet host, for a background process (fleet.run waits)."""
     pid = str(fleet.host(name).pid)
@@ -66,3 +73,39 @@ class PingServer:
     def stop(self):
         self._httpd.shutdown()
         self._httpd.server_close()
+
+
+class ArgvSampler:
+    """Records every distinct command line seen in a fleet host while it runs: a loop inside the host
+    reads /proc/*/cmdline until told to stop (no ssh, no process per sample: short-lived processes are
+    caught). `with ArgvSampler(fleet, "backup") as sampler: ...`, then `sampler.seen`."""
+
+    SCRIPT = r"""
+import glob, os, sys
+out, stop, seen = sys.argv[1], sys.argv[1] + ".stop", set()
+while not os.path.exists(stop):
+    for path in glob.glob("/proc/[0-9]*/cmdline"):
+        try:
+            with open(path, "rb") as f:
+                seen.add(f.read().replace(b"\0", b" ").decode(errors="replace").strip())
+        except OSError:
+            pass
+with open(out, "w") as f:
+    f.write("\n".join(sorted(seen)))
+"""
+
+    def __init__(self, fleet, host: str, path: str = "/tmp/argv-sampler.log"):
+        self.fleet, self.host, self.path = fleet, host, path
+        self.seen: list[str] = []
+
+    def __enter__(self) -> "ArgvSampler":
+        import shlex
+
+        self.fleet.run(self.host, f"rm -f {self.path} {self.path}.stop")
+        self._proc = subprocess.Popen(in_host(self.fleet, self.host, f"exec python3 -c {shlex.quote(self.SCRIPT)} {self.path}"))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.fleet.run(self.host, f"touch {self.path}.stop")
+        self._proc.wait(timeout=30)
+        self.seen = self.fleet.run(self.host, f"cat {self.path}").stdout.splitlines()

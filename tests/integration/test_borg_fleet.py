@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from tests.integration.helpers import PingServer, in_host, operator_borg, pyinfra
+from tests.integration.helpers import PingServer, in_host, operator_borg, pyinfra, tree
 from tests.integration.node_exporter import NodeExporter
 
 pytestmark = pytest.mark.fleet
@@ -37,7 +37,6 @@ umask 077 && printf '%s' "$PASS" > /root/borg-pass
 TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
 CLIENT_RSH = ("ssh -i /var/lib/pyinfra-backup/ssh/id_ed25519 -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes "
               "-o UserKnownHostsFile=/var/lib/pyinfra-backup/ssh/known_hosts")
-TREE = "cd {0} && find . -printf '%p %U %G %m %y %l\\n' | sort && find . -type f -print0 | sort -z | xargs -0 sha256sum"
 
 
 def job(**extra):
@@ -177,8 +176,8 @@ def test_restore_latest_reproduces_contents_owners_and_modes(setup):
     fleet = setup["fleet"]
     run = pyinfra(setup["inventory"], "tasks.borg.restore", "job=system", "target=/srv/restore", "--limit", "host02", env=setup["env"])
     assert run.returncode == 0, run.stdout
-    original = fleet.run("host02", TREE.format("/srv/data")).stdout
-    restored = fleet.run("host02", TREE.format("/srv/restore/srv/data")).stdout
+    original = tree(fleet, "host02", "/srv/data")
+    restored = tree(fleet, "host02", "/srv/restore/srv/data")
     assert restored == original and "1234 2345 750 d" in restored
     again = pyinfra(setup["inventory"], "tasks.borg.restore", "job=system", "target=/srv/restore", "--limit", "host02", "-v",
                     env=setup["env"])

@@ -24,7 +24,7 @@ def test_main_job_twice_second_run_changes_nothing(fleet):
     # the host's root is an overlay of this machine's: start from a machine that never ran the main job
     fleet.run("host05", "rm -rf /var/lib/pyinfra-backup /var/backups/pyinfra-backup /root/.cache/borg /root/.config/borg")
     first = fleet.run("host05", f"cd {PROJECT} && bash scripts/backup-local.sh 2>&1", timeout=600)
-    assert "borg create local" in first.stdout and re.search(r"\[@local\] Success", first.stdout)
+    assert "Backup jobs: local" in first.stdout and re.search(r"\[@local\] Success", first.stdout)
     assert fleet.run("host05", "stat -c '%a %U' /var/lib/pyinfra-backup/local-passphrase").stdout.split() == ["600", "root"]
     second = fleet.run("host05", f"cd {PROJECT} && bash scripts/backup-local.sh 2>&1", timeout=600)
     assert "] Success" not in second.stdout and "made /var/lib" not in second.stdout

@@ -127,3 +127,36 @@ def test_create_command_records_success_and_failure(tmp_path, monkeypatch):
     attempt = records.parse_attempt((tmp_path / "sys" / "last-attempt").read_text())
     assert attempt.rc == 2 and "acquire the lock" in attempt.error
     assert records.parse_records({"create": (tmp_path / "sys" / "last-create.json").read_text()}).create == {}  # a failure keeps the last good record
+
+
+def test_create_command_initialises_a_repo_borg_reports_missing_and_nothing_else(tmp_path, monkeypatch):
+    """Real borg, local repos: the first create of a new host initialises a missing repo itself."""
+    import json
+    import subprocess
+    import time
+
+    from pyinfra_backup import records
+    from pyinfra_backup.borg import Location, borg_env, create_argv, init_argv
+    from pyinfra_backup.shell import with_env
+
+    monkeypatch.setattr(records, "JOBS_DIR", str(tmp_path / "jobs"))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "f").write_text("x")
+    job = Job.from_data("sys", {"paths": [str(tmp_path / "data")], "repo": str(tmp_path / "repo"),
+                                "encryption": {"mode": "none"}, "startAt": "daily"})
+    location = Location(job.repo)
+    env = {**borg_env(job, location), "BORG_BASE_DIR": str(tmp_path / "borg")}
+    command = records.create_command(
+        "sys", with_env(env, create_argv(job, "h-sys", location.url)), accept_warnings=False,
+        init_if_missing=with_env(env, init_argv(job, location)))
+    for attempt in range(2):  # missing repo: init then create; existing repo: create only
+        time.sleep(1.1 * attempt)  # archive names are by the second
+        assert subprocess.run(["sh", "-c", command], capture_output=True).returncode == 0
+    listing = subprocess.run(["borg", "list", "--json", str(tmp_path / "repo")], env={**env, "PATH": "/usr/bin:/bin"},
+                             capture_output=True, text=True, check=True)
+    assert len(json.loads(listing.stdout)["archives"]) == 2
+
+    bad = with_env(env, ["borg", "create", "--compression", "bogus", f"{tmp_path}/repo::x", str(tmp_path / "data")])
+    failing = records.create_command("sys", bad, False, init_if_missing=f"touch {tmp_path}/init-ran")
+    assert subprocess.run(["sh", "-c", failing], capture_output=True).returncode == 2
+    assert not (tmp_path / "init-ran").exists()  # another failure than a missing repo: no init

@@ -105,6 +105,8 @@ COMPRESSION = ("expected a borg compression spec (none, lz4, zstd[,1-22], zlib[,
 PASS = "expected a command that prints the passphrase (borg needs one for every encryption mode except none)"
 KEY = "expected an SSH public key line (type, base64 key, optional comment; no options)"
 JOB_KEYS = ", ".join(load_schema()["$defs"]["job"]["properties"])
+TOP_KEYS = ", ".join(load_schema()["properties"])
+BORG_KEYS = ", ".join(load_schema()["$defs"]["borgbackup"]["properties"])
 
 
 # --- positive cases --------------------------------------------------------------------------------
@@ -129,7 +131,7 @@ def test_every_section_and_pyinfra_keys_validate():
     data |= {
         "ssh_user": "root", "ssh_port": 2222, "_sudo": True, "anything_else": object(),  # pyinfra's / user's own
         "system_state": {"paths": ["/etc/machine-id", "/etc/ssh/ssh_host_*"], "job": "system",
-                         "ageRecipients": [AGE, ED25519]},
+                         "ageRecipients": [AGE, ED25519], "ageDir": "recovery"},
         "config_repo": {"path": "/etc/nixos", "remotes": {"origin": "git@github.com:me/nixos.git"},
                         "branches": ["main", "release/24.11"], "push_tags": True},
         "agenix": {"rules": "secrets/secrets.nix", "identities": ["~/.ssh/id_ed25519"], "force": False},
@@ -208,20 +210,13 @@ MALFORMED = [
     # unknown keys and wrong types
     (job(pathz=["/home"]), f"{J}.pathz: unknown key (expected one of: {JOB_KEYS}), did you mean paths?"),
     ({"borgbackup": {"job": {}}},
-     "host01: borgbackup.job: unknown key (expected one of: jobs, repos, operatorKeys, operatorIdentity, "
-     "lockWait), did you mean jobs?"),
+     f"host01: borgbackup.job: unknown key (expected one of: {BORG_KEYS}), did you mean jobs?"),
     (SEED | {"borgbackups": {}},
-     "host01: borgbackups: unknown key (expected one of: borgbackup, system_state, config_repo, agenix, "
-     "monitoring, backup_force, backup_force_check, recover_archive, recover_jobs, recover_target, recover_ref, "
-     "recover_generation), did you mean borgbackup?"),
+     f"host01: borgbackups: unknown key (expected one of: {TOP_KEYS}), did you mean borgbackup?"),
     (SEED | {"backup_forse": True},
-     "host01: backup_forse: unknown key (expected one of: borgbackup, system_state, config_repo, agenix, "
-     "monitoring, backup_force, backup_force_check, recover_archive, recover_jobs, recover_target, recover_ref, "
-     "recover_generation), did you mean backup_force?"),
+     f"host01: backup_forse: unknown key (expected one of: {TOP_KEYS}), did you mean backup_force?"),
     (SEED | {"recover_archiv": "latest"},
-     "host01: recover_archiv: unknown key (expected one of: borgbackup, system_state, config_repo, agenix, "
-     "monitoring, backup_force, backup_force_check, recover_archive, recover_jobs, recover_target, recover_ref, "
-     "recover_generation), did you mean recover_archive?"),
+     f"host01: recover_archiv: unknown key (expected one of: {TOP_KEYS}), did you mean recover_archive?"),
     ({"borgbackup": []}, "host01: borgbackup: expected a mapping, got []"),
     (job(doInit="true"), f"{J}.doInit: expected true or false, got 'true'"),
     (job(extraCreateArgs=5), f"{J}.extraCreateArgs: expected a list of strings or a string, got 5"),
@@ -311,6 +306,11 @@ MALFORMED = [
     # other top-level keys
     (SEED | {"system_state": {"job": "sytem"}},
      "host01: system_state.job: expected a job of borgbackup.jobs (one of: system), got 'sytem', did you mean system?"),
+    ({"borgbackup": {"jobs": {"system": SEED_JOB, "dbs": SEED_JOB}}, "system_state": {}},
+     "host01: system_state.job: missing, expected the job whose repo keeps the state archives (one of: system, dbs)"),
+    ({"system_state": {"paths": ["/etc/machine-id"]}},
+     "host01: system_state.job: missing, expected the job whose repo keeps the state archives (the host has no jobs)"),
+    (SEED | {"system_state": {"ageDir": ""}}, "host01: system_state.ageDir: expected a directory path, got ''"),
     (SEED | {"system_state": {"paths": ["etc/machine-id"]}},
      "host01: system_state.paths[0]: expected an absolute path, got 'etc/machine-id'"),
     (SEED | {"system_state": {"ageRecipients": ["age1nope"]}},
@@ -455,3 +455,24 @@ def test_pyinfra_run_proceeds_on_valid_data(tmp_path):
     run, marker = _pyinfra(tmp_path, job(startAt=None, repo=str(tmp_path / "repo")))
     assert run.returncode == 0, run.stdout + run.stderr
     assert marker.exists()
+
+
+def test_hosts_sharing_their_data_are_validated_once_and_each_named(monkeypatch):
+    from pyinfra_backup import validate
+
+    calls = []
+    real = validate._validator
+
+    def counting():
+        calls.append(1)
+        return real()
+
+    monkeypatch.setattr(validate, "_validator", counting)
+    monkeypatch.setattr(validate, "_SEEN", {})
+    bad = {"borgbackup": {"jobs": {"system": {**SEED_JOB, "prune": {"keep": {"daily": -2}}}}}}
+    first = validate.host_data_errors("h1", {**bad, "ssh_hostname": "10.0.0.1", "note": {"free": 1}})
+    second = validate.host_data_errors("h2", {**bad, "ssh_hostname": "10.0.0.2", "note": {"free": 2}})
+    assert len(calls) == 1  # same schema keys, other keys differ only in values the schema leaves free
+    assert first == [line.replace("h2:", "h1:") for line in second] and first[0].startswith("h1: borgbackup.jobs.system")
+    validate.host_data_errors("h3", {**bad, "backup_force": True})  # another value of a schema key: validated
+    assert len(calls) == 2

@@ -1,0 +1,121 @@
+"""borg on the operator's machine (where pyinfra runs), with the operator's full-access key.
+
+Prune and compact of enrolled repos, and every restore relayed to a host that cannot reach its
+repo itself (tasks/relay.py), run borg here. The passphrase reaches borg through an anonymous
+pipe (`BORG_PASSPHRASE_FD`), never argv or the environment:
+
+    source = location(host, planned)
+    secret = passphrase(host, planned)          # recover_passCommand here, else passCommand on the host
+    proc = popen_borg(planned, source, ["borg", "list", "--json", source.url], secret)
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+
+from pyinfra import inventory
+from pyinfra.api import StringCommand
+
+from pyinfra_backup.borg import Location, borg_env
+from pyinfra_backup.enrollment import PlannedJob, operator_location
+
+
+class OperatorError(Exception):
+    """Operator-side borg cannot go on for this host; the message says why."""
+
+
+def location(host, planned: PlannedJob) -> Location:
+    """The job's repo as the operator reaches it: full access with `borgbackup.operatorIdentity`,
+    the server's host key checked against the operator's own known_hosts for it."""
+    server_host = inventory.get_host(planned.server.name)
+    return operator_location(
+        planned.server, host.name, (host.data.get("borgbackup") or {}).get("operatorIdentity", "~/.ssh/id_ed25519"),
+        server_host.data.get("ssh_known_hosts_file") or "~/.ssh/known_hosts",
+    )
+
+
+def _recover_pass_command(host, job: str) -> str | None:
+    command = host.data.get("recover_passCommand")
+    return command.get(job) if isinstance(command, dict) else command
+
+
+def passphrase(host, planned: PlannedJob) -> bytes:
+    """The job's passphrase for operator-side borg: `recover_passCommand` run on the operator's
+    machine when the host data has one (a host being rebuilt cannot run its own passCommand yet),
+    else the job's `encryption.passCommand` run on the host. Empty for unencrypted repos."""
+    job = planned.job
+    if job.mode == "none":
+        return b""
+    local = _recover_pass_command(host, job.name)
+    if local:
+        proc = subprocess.run(["sh", "-c", local], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        if proc.returncode != 0:
+            raise OperatorError(f"job {job.name}: recover_passCommand failed on the operator's machine "
+                                f"(exit status {proc.returncode})")
+        return proc.stdout.rstrip(b"\n")
+    ok, output = host.run_shell_command(StringCommand(job.pass_command), print_output=False)
+    if not ok:
+        raise OperatorError(f"job {job.name}: the passCommand failed on the host "
+                            "(a host being rebuilt needs recover_passCommand)")
+    return "\n".join(output.stdout_lines).encode()
+
+
+def popen_borg(planned: PlannedJob, where: Location, argv: list[str], secret: bytes, **popen) -> subprocess.Popen:
+    """Start borg here with the job's environment and the passphrase on an anonymous pipe."""
+    read_end, write_end = os.pipe()
+    env = borg_env(planned.job, where, {"BORG_PASSPHRASE_FD": str(read_end)})
+    try:
+        proc = subprocess.Popen(argv, env={**os.environ, **env}, pass_fds=(read_end,), **popen)
+    finally:
+        os.close(read_end)
+    with os.fdopen(write_end, "wb") as pipe:
+        pipe.write(secret)
+    return proc
+
+
+def run_borg(planned: PlannedJob, where: Location, argv: list[str], secret: bytes) -> str:
+    """Run borg here to the end; its stdout, or OperatorError with borg's last words."""
+    proc = popen_borg(planned, where, argv, secret, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate()
+    if proc.returncode != 0 and not (proc.returncode == 1 and not planned.job.fail_on_warnings):
+        reason = (err.decode(errors="replace").strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+        command = next(word for word in argv[1:] if not word.startswith("-"))
+        raise OperatorError(f"job {planned.job.name}: borg {command} failed: {reason}")
+    return out.decode(errors="replace")
+
+
+@dataclass
+class Piped:
+    """What `pipe_to_host` saw: bytes sent, the host script's output and exit status, seconds."""
+
+    sent: int
+    output: str
+    errors: str
+    status: int
+    seconds: float
+
+
+def pipe_to_host(host, proc: subprocess.Popen, script: str, chunk: int = 1 << 20) -> Piped:
+    """Stream `proc`'s stdout (a process on this machine) into `script` run on the host over the
+    host's own SSH connection (no second login, no credential on the host). Raises OperatorError
+    when the connection breaks; the caller checks `proc`'s exit status and `Piped.status`."""
+    started = time.monotonic()
+    channel = host.connector.client.get_transport().open_session()
+    channel.exec_command(script)
+    sent = 0
+    try:
+        while data := proc.stdout.read(chunk):
+            channel.sendall(data)
+            sent += len(data)
+    except OSError as error:
+        proc.kill()
+        raise OperatorError(f"the stream to the host broke off after {sent} bytes: {error}") from None
+    finally:
+        proc.stdout.close()
+    channel.shutdown_write()
+    output = channel.makefile("rb").read().decode(errors="replace")
+    errors = channel.makefile_stderr("rb").read().decode(errors="replace")
+    return Piped(sent, output, errors, channel.recv_exit_status(), time.monotonic() - started)
