@@ -58,7 +58,7 @@ def main() -> None:
                                        "encryption": {"mode": "repokey-blake2", "passCommand": "echo bench"}})
 
         def drill(files: int, max_bytes: int = 64 << 20) -> float:
-            script = drill_script(job, Location(repo), archive, files, max_bytes, str(root / "records"),
+            script = drill_script(job, Location(repo), archive, files, max_bytes, str(root / "last-drill"),
                                   scratch_dir=str(root / "scratch"))
             started = time.monotonic()
             run = subprocess.run(["sh", "-c", script], capture_output=True, text=True)

@@ -5,7 +5,8 @@
 
 Per job: `borg check` when the last successful one is older than `checks.frequency` or the
 last one failed (or forced); a restore drill of the newest archive (`checks.drillFiles` files,
-compared with the live ones). Then each job's freshness from its repo. Every step runs even
+compared with the live ones), and of the newest state archive for the job of `system_state`.
+Then each job's freshness from its repo. Every step runs even
 when an earlier one failed; the host fails at the end, naming each job and what failed.
 """
 
@@ -13,7 +14,7 @@ from pyinfra import host, inventory
 
 from facts.borg import host_plan
 from pyinfra_backup.validate import require_valid_inventory
-from tasks import borg, verify
+from tasks import borg, state, verify
 
 require_valid_inventory()
 
@@ -22,6 +23,8 @@ for planned in plan:
     job = planned.job.name
     borg.check(job=job, name=f"borg check {job}", _ignore_errors=True)
     verify.drill(job=job, name=f"Restore drill {job}", _ignore_errors=True)
+    if job == state.state_job(host):
+        verify.drill(job=job, state=True, name=f"Restore drill {job}: state archive", _ignore_errors=True)
 if plan:
     verify.freshness(name="Freshness of every job", _ignore_errors=True)
     verify.outcome(name="Verify outcome")

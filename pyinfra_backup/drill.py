@@ -3,12 +3,14 @@
 `newest_archive` picks the archive to drill from the repo's listing (the one the run already read).
 `drill_script` builds ONE shell script run on the backup client (where the job's borg runs, with the
 job's environment and passCommand). It lists the archive's regular files, takes a deterministic
-pseudo-random sample bounded by a file count and a byte budget (seeded by the archive name: the same archive gives the same sample, each new archive
-another one), extracts the sample into a fresh 0700 scratch directory under `DRILL_DIR`
-(removed on exit, whatever happens), and compares each file with the live one by SHA-256.
+pseudo-random sample bounded by a file count and a byte budget (seeded by the archive name: the
+same archive gives the same sample, each new archive another one), extracts the sample into a
+fresh 0700 scratch directory under `DRILL_DIR` (removed on exit, whatever happens), and
+compares each file with the live one by SHA-256.
 A live file whose size or mtime differs from the archived one (or that is gone) changed since
 the backup: skipped, not a failure. Live files are only read. The only write outside the
-scratch directory is the job's `last-drill` record (pyinfra_backup/records.py).
+scratch directory is the drill's record (`record`: `last-drill` in the job's records, see
+pyinfra_backup/records.py).
 
 The script prints `::drill:: KIND VALUE` lines; `parse_drill` turns them into a `DrillReport`.
 
@@ -22,6 +24,7 @@ The script prints `::drill:: KIND VALUE` lines; `parse_drill` turns them into a 
 from __future__ import annotations
 
 import fnmatch
+import os
 import shlex
 from dataclasses import dataclass, field
 
@@ -88,26 +91,25 @@ def newest_archive(listing: RepoListing, glob: str) -> Archive | None:
     return max(found, key=lambda a: a.time, default=None)
 
 
-def drill_script(job: Job, location: Location, archive: str, files: int, max_bytes: int, record_dir: str,
+def drill_script(job: Job, location: Location, archive: str, files: int, max_bytes: int, record: str,
                  lock_wait: int | None = None, scratch_dir: str = DRILL_DIR) -> str:
     """The drill of one archive, as one script.
 
     >>> job = Job.from_data("system", {"repo": "/srv/repo", "paths": ["/etc"], "encryption": {"mode": "none"}})
     >>> "_at=/srv/repo::h-system-2026-11-27T12:00:00" in drill_script(
-    ...     job, Location("/srv/repo"), "h-system-2026-11-27T12:00:00", 32, 1 << 20, "/tmp/rec")
+    ...     job, Location("/srv/repo"), "h-system-2026-11-27T12:00:00", 32, 1 << 20, "/tmp/rec/last-drill")
     True
     """
     borg = ["borg", *job.extra_args]
     wait = ["--lock-wait", str(lock_wait)] if lock_wait is not None else []
     env = " ".join(f"{key}={shlex.quote(str(value))}" for key, value in borg_env(job, location).items())
     scratch = f"{scratch_dir}/{job.name}"
-    record = f"{record_dir}/last-drill"
     return "\n".join([
         "umask 077",
         f"export {env}",
         f"_a={shlex.quote(archive)}; _at={shlex.quote(f'{location.url}::{archive}')}",
         f"_say() {{ printf '{MARK} %s %s\\n' \"$1\" \"$2\"; }}",
-        f"_record() {{ mkdir -p {sh_join([record_dir])} && {{ echo \"$(date +%s) $1\"; echo \"$2\"; }} "
+        f"_record() {{ mkdir -p {sh_join([os.path.dirname(record)])} && {{ echo \"$(date +%s) $1\"; echo \"$2\"; }} "
         f"> {sh_join([record + '.tmp'])} && mv -f {sh_join([record + '.tmp', record])}; }}",
         # the reason borg gives: its last line before a traceback, else its last line (xargs' own left out)
         "_fail() { _r=$(awk '/^Traceback/ { exit } /^xargs: / { next } NF { l = $0 } END { print l }' \"$_s/err\" "

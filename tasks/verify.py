@@ -14,15 +14,16 @@ from datetime import datetime, timezone
 
 from pyinfra import host, inventory, logger
 from pyinfra import state as ctx_state
-from pyinfra.api import FunctionCommand, StringCommand
+from pyinfra.api import FunctionCommand
 
 from facts.borg import client_state, freshness as job_freshness, host_plan, repo_listings
 from tasks.borg import _lock_wait, _planned
-from tasks.common import HostError, host_operation
+from tasks.common import HostError, host_operation, run_in_operation
 from pyinfra_backup.borg import archive_glob, explain_error
 from pyinfra_backup.drill import drill_script, newest_archive, parse_drill
 from pyinfra_backup.records import job_dir
 from pyinfra_backup.report import format_age
+from pyinfra_backup.state import state_glob
 
 
 def _failures(host) -> list[str]:
@@ -40,33 +41,32 @@ class VerifyError(HostError):
         super().__init__(f"{host.name}: {message}")
 
 
-def _run_drill(state, host, job: str, script: str) -> bool:  # noqa: F811 (pyinfra passes `host`)
-    _, output = host.run_shell_command(StringCommand(script), print_output=False)  # the report says how it went
+def _run_drill(state, host, what: str, script: str) -> bool:  # noqa: F811 (pyinfra passes `host`)
+    _, output = run_in_operation(state, host, script)  # the report says how it went
     report = parse_drill(output.stdout_lines)
     if report.error:
         report.error = explain_error(report.error)
     elif not report.complete:
         report.error = (output.stderr_lines or ["the drill script stopped"])[-1]
     if not report.failed:
-        host.log_styled(f"job {job}: {report.summary()}", log_func=logger.info)
+        host.log_styled(f"{what}: {report.summary()}", log_func=logger.info)
         return True
-    message = f"job {job}: {report.summary()}"
+    message = f"{what}: {report.summary()}"
     _failures(host).append(message)
     host.log_styled(f"{host.name}: {message}", fg="red", log_func=logger.error)
     return False
 
 
 @host_operation
-def drill(job: str, files: int | None = None, max_bytes: int | None = None, archives: str | None = None):
-    """Restore drill of the job's newest archive: a pseudo-random sample of its regular files
-    (`files`, `max_bytes`; default `checks.drillFiles`, `checks.drillMaxBytes`) is extracted
-    into a 0700 scratch directory on the host and compared (SHA-256) with the live files. A
-    file that differs although its size and mtime match the archive fails the host; one that
-    changed since the archive, or is gone, is skipped. `archives` is a borg --glob-archives
-    pattern, `{base}` standing for the job's archive base name (default: this job's own archives,
-    `<base>-<timestamp>`; `{base}-state-*`: its state archives).
+def drill(job: str, files: int | None = None, max_bytes: int | None = None, state: bool = False):
+    """Restore drill of the job's newest archive (with `state`: its newest state archive, see
+    tasks/state.py): a pseudo-random sample of its regular files (`files`, `max_bytes`; default
+    `checks.drillFiles`, `checks.drillMaxBytes`) is extracted into a 0700 scratch directory on
+    the host and compared (SHA-256) with the live files. A file that differs although its size
+    and mtime match the archive fails the host; one that changed since the archive, or is gone,
+    is skipped.
 
-    Example: `drill(job="system")`, `drill(job="system", archives="{base}-state-*")`.
+    Example: `drill(job="system")`, `drill(job="system", state=True)`.
     """
     planned = _planned(job)
     count = planned.job.drill_files if files is None else int(files)
@@ -75,15 +75,18 @@ def drill(job: str, files: int | None = None, max_bytes: int | None = None, arch
         return
     budget = planned.job.drill_max_bytes if max_bytes is None else int(max_bytes)
     base = planned.job.base_name(client_state(host).hostname)
-    glob = archives.replace("{base}", base) if archives else archive_glob(base)
+    state = state in (True, "true")  # `state=true` on the command line is a string
+    glob = state_glob(base) if state else archive_glob(base)
+    what = f"job {job}" + (" state archive" if state else "")
     listing = repo_listings(host)[job]
     if listing.error:
-        raise VerifyError(f"job {job}: drill failed: cannot read the repo: {listing.error}")
+        raise VerifyError(f"{what}: drill failed: cannot read the repo: {listing.error}")
     archive = newest_archive(listing, glob)
     if archive is None:
-        raise VerifyError(f"job {job}: drill failed: no archive matching {glob}: nothing to restore from")
-    script = drill_script(planned.job, planned.location, archive.name, count, budget, job_dir(job), _lock_wait())
-    yield FunctionCommand(_run_drill, (job, script), {})
+        raise VerifyError(f"{what}: drill failed: no archive matching {glob}: nothing to restore from")
+    record = f"{job_dir(job)}/{'last-state-drill' if state else 'last-drill'}"
+    script = drill_script(planned.job, planned.location, archive.name, count, budget, record, _lock_wait())
+    yield FunctionCommand(_run_drill, (what, script), {})
 
 
 def _problem(job: str, entry: dict) -> str | None:

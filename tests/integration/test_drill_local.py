@@ -47,7 +47,8 @@ def repo(tmp_path):
 
 def drill(tmp: Path, files=100, max_bytes=10**9, archive=ARCHIVE, shell="sh"):
     job = Job.from_data("system", {"repo": str(tmp / "repo"), "paths": [str(tmp / "data")], "encryption": {"mode": "none"}})
-    script = drill_script(job, Location(job.repo), archive, files, max_bytes, str(tmp / "records"), 5, str(tmp / "scratch"))
+    record, scratch = str(tmp / "records" / "last-drill"), str(tmp / "scratch")
+    script = drill_script(job, Location(job.repo), archive, files, max_bytes, record, 5, scratch)
     run = subprocess.run([shell, "-c", script], capture_output=True, text=True)
     return parse_drill(run.stdout.splitlines()), run
 

@@ -61,6 +61,7 @@ def setup(_fleet_session, tmp_path_factory):
         def inventory(path: str, **jobs) -> str:
             data = {name: {"borgbackup": {"jobs": {"system": jobs.get(name, job())}, "operatorIdentity": str(op_key),
                                           "lockWait": 5}} for name in CLIENTS}
+            data["host01"]["system_state"] = {"job": "system", "paths": ["/etc/machine-id", "/etc/ssh"]}
             return fleet.write_inventory(tmp / path, {**data, SERVER: server})
 
         state = {"fleet": fleet, "inventory": inventory("inventory.py"), "make_inventory": inventory,
@@ -91,11 +92,12 @@ def test_a_healthy_fleet_passes_with_a_drill_of_every_file(setup):
     before = {host: fleet.exec_count(host) for host in [*CLIENTS, SERVER]}
     run = verify(setup)
     assert run.returncode == 0, run.stdout
-    for host in CLIENTS:  # one remote command each: the job records (check not due), the repo listing, the drill
-        assert fleet.exec_count(host) - before[host] == 3, run.stdout
-    # the server has no job; it serves 3 borg sessions per client: the listing (newest archive and freshness),
-    # the drill's file list and its extract
-    assert fleet.exec_count(SERVER) - before[SERVER] == 3 * len(CLIENTS), run.stdout
+    # one remote command each: the job records (check not due), the repo listing, each drill (host01: the
+    # state archive's too); the server (no job) serves the borg sessions: the listing, 2 per drill
+    assert [fleet.exec_count(host) - before[host] for host in [*CLIENTS, SERVER]] == [4, 3, 5 + 3], run.stdout
+    state = re.search(r"\[host01\] job system state archive: drill of host01-system-state-\S+: (\d+) of (\d+) sampled "
+                      r"files compared", run.stdout)
+    assert state and state[1] == state[2] and int(state[1]) >= 3, run.stdout  # machine-id, ssh host keys, ...
     for host in CLIENTS:
         assert re.search(rf"\[{host}\] job system: drill of {host}-system-\S+: 7 of 7 sampled files compared", run.stdout)
         assert passed(run, host)
