@@ -24,7 +24,7 @@ for planned in plan:
     borg.check(job=job, name=f"borg check {job}", _ignore_errors=True)
     verify.drill(job=job, name=f"Restore drill {job}", _ignore_errors=True)
     if job == state.state_job(host):
-        verify.drill(job=job, state=True, name=f"Restore drill {job}: state archive", _ignore_errors=True)
+        verify.drill(job=job, state_archive=True, name=f"Restore drill {job}: state archive", _ignore_errors=True)
 if plan:
     verify.freshness(name="Freshness of every job", _ignore_errors=True)
     verify.outcome(name="Verify outcome")

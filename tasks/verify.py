@@ -58,15 +58,15 @@ def _run_drill(state, host, what: str, script: str) -> bool:  # noqa: F811 (pyin
 
 
 @host_operation
-def drill(job: str, files: int | None = None, max_bytes: int | None = None, state: bool = False):
-    """Restore drill of the job's newest archive (with `state`: its newest state archive, see
+def drill(job: str, files: int | None = None, max_bytes: int | None = None, state_archive: bool = False):
+    """Restore drill of the job's newest archive (with `state_archive`: its newest state archive, see
     tasks/state.py): a pseudo-random sample of its regular files (`files`, `max_bytes`; default
     `checks.drillFiles`, `checks.drillMaxBytes`) is extracted into a 0700 scratch directory on
     the host and compared (SHA-256) with the live files. A file that differs although its size
     and mtime match the archive fails the host; one that changed since the archive, or is gone,
     is skipped.
 
-    Example: `drill(job="system")`, `drill(job="system", state=True)`.
+    Example: `drill(job="system")`, `drill(job="system", state_archive=True)`.
     """
     planned = _planned(job)
     count = planned.job.drill_files if files is None else int(files)
@@ -75,7 +75,7 @@ def drill(job: str, files: int | None = None, max_bytes: int | None = None, stat
         return
     budget = planned.job.drill_max_bytes if max_bytes is None else int(max_bytes)
     base = planned.job.base_name(client_state(host).hostname)
-    state = state in (True, "true")  # `state=true` on the command line is a string
+    state = state_archive in (True, "true")  # `state_archive=true` on the command line is a string
     glob = state_glob(base) if state else archive_glob(base)
     what = f"job {job}" + (" state archive" if state else "")
     listing = repo_listings(host)[job]
