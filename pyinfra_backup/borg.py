@@ -214,9 +214,10 @@ def check_argv(job: Job, url: str, lock_wait: int | None = None) -> list[str]:
     return [*_borg(job, "check", lock_wait), *(["--verify-data"] if job.verify_data else []), url]
 
 
-def extract_argv(job: Job, url: str, archive: str, paths: tuple[str, ...] = ()) -> list[str]:
-    """Run inside the target directory: borg extracts relative to the working directory."""
-    return [*_borg(job, "extract"), "--numeric-ids", f"{url}::{archive}", *paths]
+def extract_argv(job: Job, url: str, archive: str, paths: tuple[str, ...] = (), options: tuple[str, ...] = ()) -> list[str]:
+    """Run inside the target directory: borg extracts relative to the working directory.
+    `options`: e.g. ("--stdout",) or ("--strip-components", "3")."""
+    return [*_borg(job, "extract"), "--numeric-ids", *options, f"{url}::{archive}", *paths]
 
 
 def export_tar_argv(job: Job, url: str, archive: str, paths: tuple[str, ...] = ()) -> list[str]:

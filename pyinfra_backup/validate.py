@@ -288,6 +288,7 @@ def _extra_errors(data: Mapping) -> list[tuple[list, str]]:
         if isinstance(job, Mapping) and not any(job.get(key) for key in ("paths", "postgresqlDatabases", "volumes")):
             out.append((["borgbackup", "jobs", name], "expected something to back up: paths, postgresqlDatabases "
                         "or volumes (dumpCommand is not used), got none of them"))
+        out += _duplicate_errors(["borgbackup", "jobs", name], job)
     state = data.get("system_state")
     if isinstance(state, Mapping) and "job" in state:
         out += _job_name_errors(["system_state", "job"], state["job"], jobs)
@@ -297,6 +298,23 @@ def _extra_errors(data: Mapping) -> list[tuple[list, str]]:
     for key in ("backup_force", "backup_force_check", "recover_jobs"):
         if key in data and not isinstance(data[key], bool):
             out += _job_name_errors([key], data[key], jobs)
+    return out
+
+
+def _duplicate_errors(path, job) -> list[tuple[list, str]]:
+    """A database or volume named twice in a job: its dump or its restore would be ambiguous."""
+    if not isinstance(job, Mapping):
+        return []
+    out = []
+    for key, name_of in (("postgresqlDatabases", lambda item: item.get("name") if isinstance(item, Mapping) else None),
+                         ("volumes", lambda item: item)):
+        items = job.get(key)
+        seen = set()
+        for index, item in enumerate(items if isinstance(items, (list, tuple)) else ()):
+            name = name_of(item)
+            if isinstance(name, str) and name in seen:
+                out.append((path + [key, index], f"expected a name not listed before in {key}, got {_show(name)} again"))
+            seen.add(name)
     return out
 
 

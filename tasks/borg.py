@@ -28,6 +28,7 @@ from pyinfra_backup.borg import (
     BACKUP_KEY, KNOWN_HOSTS, check_argv, compact_argv, create_argv,
     extract_argv, borg_env, explain_error, init_argv, parse_interval, prune_argv,
 )
+from pyinfra_backup.dumps import DataSpec, create_script
 from pyinfra_backup.enrollment import authorized_keys, server_repos
 from pyinfra_backup.metrics import job_metrics_from_records, render_textfile
 from pyinfra_backup.ping import ping
@@ -276,15 +277,17 @@ def create(job: str):
     state = client_state(host)
     forget(host)
     env = borg_env(planned.job, planned.location)
-    argv = create_argv(planned.job, planned.job.base_name(state.hostname), planned.location.url, _lock_wait())
+    run = with_env(env, create_argv(planned.job, planned.job.base_name(state.hostname), planned.location.url, _lock_wait()))
+    data = DataSpec.of_host(job, host.data)
+    if data:  # postgresqlDatabases, volumes: dumped and looked up first, in the same command
+        run = create_script(data, run)
     first = not state.records[job].last_archive and planned.job.do_init
-    init_if_missing = with_env(env, init_argv(planned.job, planned.location)) if first else None
+    init_if_missing = with_env(env, init_argv(planned.job, planned.location)) if first else None  # (dumps again, once)
     _created().add(job)
     ping_url = (host.data.get("monitoring") or {}).get("ping_url")
     if ping_url:
         yield FunctionCommand(_ping, (ping_url, "start", None), {})
-    yield create_command(job, with_env(env, argv), accept_warnings=not planned.job.fail_on_warnings,
-                         init_if_missing=init_if_missing)
+    yield create_command(job, run, accept_warnings=not planned.job.fail_on_warnings, init_if_missing=init_if_missing)
 
 
 def _run_operator_borg(state, host, planned, location, argvs: list[list[str]]) -> bool:  # noqa: F811 (pyinfra passes `host`)
@@ -435,17 +438,9 @@ def _created() -> set[str]:
     return host._pyinfra_backup_created
 
 
-@host_operation
-def restore(job: str, target: str, archive: str = "latest", overwrite: bool = False, paths: list[str] | None = None):
-    """Extract an archive of the job (default: its latest) into `target`, with owners and modes.
-    Refuses a non-empty target unless `overwrite=True`. Restoring the same archive into the
-    same target again changes nothing.
-
-    Example: `pyinfra INVENTORY tasks.borg.restore job=system target=/srv/restore`.
-    """
+def archive_to_restore(job: str, archive: str = "latest"):
+    """(planned job, archive name): the job's latest archive or the one named, from its repo."""
     planned = _planned(job)
-    if not target.startswith("/"):
-        raise HostError(f"{host.name}: restore target must be an absolute path, got {target!r}")
     listing = _readable_listing(job)
     archives = listing.job_archives(planned.job.base_name(client_state(host).hostname))
     if not archives:
@@ -454,6 +449,20 @@ def restore(job: str, target: str, archive: str = "latest", overwrite: bool = Fa
     name = names[-1] if archive == "latest" else archive
     if name not in names:
         raise HostError(f"{host.name}: job {job}: no archive {archive!r} (latest: {names[-1]})")
+    return planned, name
+
+
+@host_operation
+def restore(job: str, target: str, archive: str = "latest", overwrite: bool = False, paths: list[str] | None = None):
+    """Extract an archive of the job (default: its latest) into `target`, with owners and modes.
+    Refuses a non-empty target unless `overwrite=True`. Restoring the same archive into the
+    same target again changes nothing.
+
+    Example: `pyinfra INVENTORY tasks.borg.restore job=system target=/srv/restore`.
+    """
+    if not target.startswith("/"):
+        raise HostError(f"{host.name}: restore target must be an absolute path, got {target!r}")
+    planned, name = archive_to_restore(job, archive)
     current = host.get_fact(RestoreTarget, path=target)
     if current.entries and current.restored == name:
         host.noop(f"{job}: {name} already restored into {target}")

@@ -125,7 +125,8 @@ def test_full_nixos_export_with_nulls_validates():
 
 def test_every_section_and_pyinfra_keys_validate():
     data = job(checks={"frequency": "30d", "verifyData": True}, volumes=["grafana-data"],
-               postgresqlDatabases=[{"name": "app"}, {"name": "wiki", "user": "wiki", "format": "directory"}],
+               postgresqlDatabases=[{"name": "app"}, {"name": "wiki", "user": "wiki", "format": "tar"},
+                                    {"name": "Legacy_DB-2", "format": "plain"}],
                extraCreateArgs=["--stats"], environment={"BORG_RSH": "ssh -i /root/.ssh/backup"})
     data["borgbackup"] |= {"operatorKeys": [ED25519], "operatorIdentity": "~/.ssh/id_ed25519", "lockWait": 0}
     data |= {
@@ -272,8 +273,20 @@ MALFORMED = [
                                       "got '30'"),
     (job(checks={"verifyData": "yes"}), f"{J}.checks.verifyData: expected true or false, got 'yes'"),
     (job(postgresqlDatabases=[{"name": "app", "format": "zip"}]),
-     f"{J}.postgresqlDatabases[0].format: expected one of: custom, plain, directory, tar, got 'zip'"),
-    (job(postgresqlDatabases=[{"user": "app"}]), f"{J}.postgresqlDatabases[0].name: missing, expected a database name"),
+     f"{J}.postgresqlDatabases[0].format: expected one of: custom, plain, tar, got 'zip'"),
+    (job(postgresqlDatabases=[{"name": "app", "format": "directory"}]),  # cannot be streamed back: not supported
+     f"{J}.postgresqlDatabases[0].format: expected one of: custom, plain, tar, got 'directory'"),
+    (job(postgresqlDatabases=[{"user": "app"}]), f"{J}.postgresqlDatabases[0].name: missing, expected a database "
+                                                 "name (letters, digits, _ . $ -, at most 63 characters, not starting "
+                                                 "with . $ -)"),
+    (job(postgresqlDatabases=[{"name": "../etc"}]), f"{J}.postgresqlDatabases[0].name: expected a database name "
+                                                    "(letters, digits, _ . $ -, at most 63 characters, not starting "
+                                                    "with . $ -), got '../etc'"),
+    (job(postgresqlDatabases=[{"name": "app", "user": "-oops"}]),
+     f"{J}.postgresqlDatabases[0].user: expected a system user name (lowercase letters, digits, _ -), got '-oops'"),
+    (job(postgresqlDatabases=[{"name": "app"}, {"name": "app", "format": "plain"}]),
+     f"{J}.postgresqlDatabases[1]: expected a name not listed before in postgresqlDatabases, got 'app' again"),
+    (job(volumes=["grafana", "grafana"]), f"{J}.volumes[1]: expected a name not listed before in volumes, got 'grafana' again"),
     (job(postgresqlDatabases=["app"]),
      f"{J}.postgresqlDatabases[0]: expected a mapping {{name, user, format}}, got 'app'"),
     (job(volumes=["my volume"]), f"{J}.volumes[0]: expected a volume name (letters, digits, _ . -), got 'my volume'"),
