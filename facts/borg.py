@@ -140,11 +140,15 @@ class BorgRepos(FactBase):
 
 
 def freshness(planned: PlannedJob, state: ClientState, listing: RepoListing, now: datetime) -> dict:
-    """One job's freshness in the contract's shape, from the repo itself."""
+    """One job's freshness in the contract's shape, from the repo itself. A repo whose last
+    `borg check` failed is in error, whatever its listing says (`borg list` reads no data)."""
     job = planned.job
     archives = listing.job_archives(job.base_name(state.hostname)) if listing.exists else []
     last = archives[-1] if archives else None
-    if listing.error:
+    error, check = listing.error, state.records[job.name].check
+    if not error and check and not check.ok:
+        error = f"the last borg check failed (exit status {check.rc}, {check.time:%Y-%m-%d %H:%M} UTC)"
+    if error:
         status = "error"
     else:
         status = Schedule.parse(list(job.start_at)).due_state(last.time if last else None, now)
@@ -157,7 +161,7 @@ def freshness(planned: PlannedJob, state: ClientState, listing: RepoListing, now
         "age_seconds": int((now - last.time).total_seconds()) if last else None,
         "due": status in ("due", "stale", "missing"),
         "status": status,
-        "error": listing.error,
+        "error": error,
         "original_size": stats.get("original_size"),
         "deduplicated_size": stats.get("deduplicated_size"),
     }

@@ -82,6 +82,8 @@ class Job:
     extra_compact_args: tuple[str, ...] = ()
     check_frequency: str | None = None
     verify_data: bool = False
+    drill_files: int = 32  # restore drill (deploys/verify.py): sample size; 0 = no drill
+    drill_max_bytes: int = 64 << 20
 
     @classmethod
     def from_data(cls, name: str, data: Mapping) -> "Job":
@@ -111,6 +113,8 @@ class Job:
             extra_compact_args=_args(data.get("extraCompactArgs")),
             check_frequency=checks.get("frequency"),
             verify_data=bool(checks.get("verifyData")),
+            drill_files=32 if checks.get("drillFiles") is None else checks["drillFiles"],
+            drill_max_bytes=64 << 20 if checks.get("drillMaxBytes") is None else checks["drillMaxBytes"],
         )
 
     def base_name(self, hostname: str) -> str:

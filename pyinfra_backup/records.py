@@ -4,6 +4,9 @@
     last-attempt       `<unix time> <exit status>` of the last create (or job failure), then error lines
     last-check         `<unix time> <exit status>` of the last `borg check`
     last-check-ok      `<unix time>` of the last successful `borg check`
+    last-drill         `<unix time> <0 passed | 1 mismatch | 2 error>` then a summary line, written by
+                       the restore drill of deploys/verify.py (pyinfra_backup/drill.py);
+    last-state-drill   the same for the drill of the job's state archives
 
 Commands here write them (atomically, from the host's own clock); `read_sections`
 and `parse_records` read them back inside the host's one-round-trip fact. These

@@ -343,21 +343,23 @@ def prune(job: str):
 @host_operation
 def check(job: str):
     """`borg check` (with `--verify-data` when `checks.verifyData`) when the last successful
-    check is older than `checks.frequency`; remembers when it passed.
+    check is older than `checks.frequency`, or the last check failed (a corrupt repo keeps
+    failing the host until a check passes); remembers when it passed.
 
     Example: `check(job="system")`; force with `--data backup_force_check=true` (or a job name).
     """
     planned = _job(job)
     if planned is None:
         return
-    if not planned.job.check_frequency:
-        host.noop(f"{job}: no checks.frequency")
-        return
-    last = client_state(host).records[job].check_ok
-    period = parse_interval(planned.job.check_frequency).total_seconds()
-    if last and (_now() - last).total_seconds() < period and not _forced(job, "backup_force_check"):
-        host.noop(f"{job}: checked {_ago(last)}, every {planned.job.check_frequency}")
-        return
+    records = client_state(host).records[job]
+    if not _forced(job, "backup_force_check") and not (records.check and not records.check.ok):
+        if not planned.job.check_frequency:
+            host.noop(f"{job}: no checks.frequency")
+            return
+        last = records.check_ok
+        if last and _now() - last < parse_interval(planned.job.check_frequency):
+            host.noop(f"{job}: checked {_ago(last)}, every {planned.job.check_frequency}")
+            return
     forget(host)
     run = with_env(borg_env(planned.job, planned.location), check_argv(planned.job, planned.location.url, _lock_wait()))
     yield check_command(job, run)

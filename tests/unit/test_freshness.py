@@ -1,0 +1,29 @@
+"""Freshness of one job (facts.borg.freshness): a repo whose last borg check failed is never fresh."""
+
+from datetime import UTC, datetime, timedelta
+
+from facts.borg import ClientState, freshness
+from pyinfra_backup.borg import Archive, Job, Location, RepoListing
+from pyinfra_backup.enrollment import PlannedJob
+from pyinfra_backup.records import parse_records
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+JOB = PlannedJob(Job.from_data("system", {"repo": "/r", "paths": ["/etc"], "encryption": {"mode": "none"}}), Location("/r"))
+LISTING = RepoListing(exists=True, archives=(Archive("h-system-2026-11-27T01:00:00", NOW - timedelta(hours=11)),))
+
+
+def entry(check: str | None) -> dict:
+    state = ClientState(hostname="h", key=None, known_hosts="", records={"system": parse_records({"check": check})})
+    return freshness(JOB, state, LISTING, NOW)
+
+
+def test_a_passed_check_leaves_the_status_to_the_schedule():
+    assert entry(f"{int(NOW.timestamp()) - 60} 0")["status"] == "fresh"
+    assert entry(None)["status"] == "fresh"
+
+
+def test_a_failed_check_puts_the_repo_in_error_although_borg_list_reads_it():
+    failed = entry(f"{int(NOW.timestamp()) - 4 * 3600} 1")
+    assert failed["status"] == "error" and failed["due"] is False
+    assert failed["error"] == "the last borg check failed (exit status 1, 2026-11-27 08:00 UTC)"
+    assert failed["last_archive"] == "h-system-2026-11-27T01:00:00"
