@@ -257,11 +257,12 @@ def _messages(error, fallback: str | None = None) -> list[tuple[list, str]]:
 _JOB_NAME = re.compile(load_schema()["$defs"]["jobName"]["pattern"])
 
 
-def _job_name_errors(path, value, jobs) -> list[tuple[list, str]]:
+def _job_name_errors(path, value, jobs, elsewhere=()) -> list[tuple[list, str]]:
+    """`elsewhere`: job names of other hosts, accepted too (a `--data` flag reaches every host)."""
     names = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else []
     out = []
     for name in names:
-        if not isinstance(name, str) or not _JOB_NAME.fullmatch(name) or name in jobs:
+        if not isinstance(name, str) or not _JOB_NAME.fullmatch(name) or name in jobs or name in elsewhere:
             continue  # the schema reports malformed names
         if path in (["backup_force"], ["backup_force_check"]) and name in ("true", "false"):
             continue
@@ -275,7 +276,7 @@ def _job_name_errors(path, value, jobs) -> list[tuple[list, str]]:
 _TOP_LEVEL_PREFIXES = ("recover_", "backup_")  # namespaces of this project's top-level keys
 
 
-def _extra_errors(data: Mapping) -> list[tuple[list, str]]:
+def _extra_errors(data: Mapping, fleet_jobs: tuple[str, ...] = ()) -> list[tuple[list, str]]:
     """What the schema cannot say: typos of our top-level keys, jobs with nothing to back up, job references."""
     known = list(load_schema()["properties"])
     out = [([key], _unknown(key, known)) for key in data
@@ -297,7 +298,7 @@ def _extra_errors(data: Mapping) -> list[tuple[list, str]]:
         out.append((["system_state", "job"], f"missing, expected the job whose repo keeps the state archives ({where})"))
     for key in ("backup_force", "backup_force_check", "recover_jobs"):
         if key in data and not isinstance(data[key], bool):
-            out += _job_name_errors([key], data[key], jobs)
+            out += _job_name_errors([key], data[key], jobs, fleet_jobs if key != "recover_jobs" else ())
     return out
 
 
@@ -325,26 +326,27 @@ def _dotted(path) -> str:
     return text
 
 
-def host_data_errors(host_name: str, data: Mapping) -> list[str]:
-    """Every problem of one host's data, as '<host>: <key path>: <expected ...>, got <value>' lines."""
-    return [f"{host_name}: {line}" for line in _problems(_fingerprint(data), data)]
+def host_data_errors(host_name: str, data: Mapping, fleet_jobs: tuple[str, ...] = ()) -> list[str]:
+    """Every problem of one host's data, as '<host>: <key path>: <expected ...>, got <value>' lines.
+    `fleet_jobs`: the job names of the whole inventory, which `backup_force` may name on any host."""
+    return [f"{host_name}: {line}" for line in _problems(_fingerprint(data, fleet_jobs), data, fleet_jobs)]
 
 
-def _fingerprint(data: Mapping) -> str:
+def _fingerprint(data: Mapping, fleet_jobs: tuple[str, ...] = ()) -> str:
     """What validation depends on: the names of all top-level keys, the values of the schema's own.
     Hosts of a fleet mostly share their group data: each distinct fingerprint is validated once."""
     known = load_schema()["properties"]
-    return json.dumps([sorted(map(str, data)), {k: v for k, v in data.items() if k in known}],
+    return json.dumps([sorted(map(str, data)), {k: v for k, v in data.items() if k in known}, fleet_jobs],
                       sort_keys=True, default=repr)
 
 
 _SEEN: dict[str, list[str]] = {}  # fingerprint -> problems (key path: message)
 
 
-def _problems(fingerprint: str, data: Mapping) -> list[str]:
+def _problems(fingerprint: str, data: Mapping, fleet_jobs: tuple[str, ...] = ()) -> list[str]:
     if fingerprint not in _SEEN:
         found = [message for error in _validator().iter_errors(data) for message in _messages(error)]
-        found += _extra_errors(data)
+        found += _extra_errors(data, fleet_jobs)
         lines = (f"{_dotted(path)}: {text}" for path, text in sorted(found, key=lambda f: _dotted(f[0])))
         _SEEN[fingerprint] = list(dict.fromkeys(lines))
     return _SEEN[fingerprint]
@@ -353,7 +355,12 @@ def _problems(fingerprint: str, data: Mapping) -> list[str]:
 def inventory_errors(inventory) -> list[str]:
     """Problems of every host of a pyinfra Inventory, each host seeing its merged data (override, host,
     groups, all)."""
-    return [line for host in inventory for line in host_data_errors(host.name, host.data.dict())]
+    data = {host.name: host.data.dict() for host in inventory}
+    fleet_jobs = tuple(sorted({
+        job for values in data.values() if isinstance(values.get("borgbackup"), Mapping)
+        and isinstance(values["borgbackup"].get("jobs"), Mapping) for job in values["borgbackup"]["jobs"]
+    }))
+    return [line for name, values in data.items() for line in host_data_errors(name, values, fleet_jobs)]
 
 
 def require_valid_inventory(state=None) -> None:

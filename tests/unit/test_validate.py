@@ -489,3 +489,17 @@ def test_hosts_sharing_their_data_are_validated_once_and_each_named(monkeypatch)
     assert first == [line.replace("h2:", "h1:") for line in second] and first[0].startswith("h1: borgbackup.jobs.system")
     validate.host_data_errors("h3", {**bad, "backup_force": True})  # another value of a schema key: validated
     assert len(calls) == 2
+
+
+def test_backup_force_may_name_a_job_of_another_host_as_data_flags_reach_every_host():
+    from pyinfra_backup.validate import inventory_errors
+
+    class Host:
+        def __init__(self, name, data):
+            self.name, self.data = name, type("Data", (), {"dict": lambda _: data})()
+
+    client = {"borgbackup": {"jobs": {"system": SEED_JOB}}, "backup_force": "system"}
+    server = {"borgbackup": {"repos": {}}, "backup_force": "system"}
+    assert inventory_errors([Host("host01", client), Host("backup", server)]) == []
+    typo = inventory_errors([Host("host01", {**client, "backup_force": "sytem"}), Host("backup", server)])
+    assert typo == ["host01: backup_force: expected a job of borgbackup.jobs (one of: system), got 'sytem', did you mean system?"]
