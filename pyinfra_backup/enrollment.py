@@ -109,6 +109,16 @@ def serve_line(command: str, key: str) -> str:
     return f'command="{escaped}",restrict {key}'
 
 
+def installed_keys(authorized_keys_text: str, command: str) -> list[str]:
+    """The keys an authorized_keys file gives this forced command (the inverse of `serve_line`).
+
+    >>> installed_keys('command="cd /r && borg serve",restrict ssh-ed25519 AAAA c@h\\n', "cd /r && borg serve")
+    ['ssh-ed25519 AAAA c@h']
+    """
+    prefix = serve_line(command, "")
+    return [line[len(prefix):] for line in authorized_keys_text.splitlines() if line.startswith(prefix) and line[len(prefix):]]
+
+
 def repo_serve_command(path: str, repo: Mapping, append_only: bool) -> str:
     """NixOS' repos module forced command for one repo."""
     restrict = "--restrict-to-path ." if repo.get("allowSubRepos") else "--restrict-to-repository ."

@@ -3,7 +3,7 @@
 import pytest
 
 from pyinfra_backup.enrollment import (
-    Server, authorized_keys, find_server, plan_jobs, repo_host, server_repos,
+    Server, authorized_keys, find_server, installed_keys, plan_jobs, repo_host, repo_serve_command, server_repos,
 )
 
 KEY_A = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA host01"
@@ -49,6 +49,17 @@ def test_authorized_keys_lines_as_nixos_writes_them():
         f'command="cd /srv/legacy && borg serve --restrict-to-repository . --storage-quota 10G",restrict {KEY_OP}',
         f'command="borg serve --restrict-to-path /",restrict {KEY_OP}',
     ]
+
+
+def test_installed_keys_reads_back_the_key_of_a_forced_command():
+    """What the server keeps for a client that is unreachable during a run."""
+    server = servers()["backup"]
+    repos = server_repos(server, {"host01": KEY_A})
+    text = "".join(line + "\n" for line in authorized_keys(repos, server.operator_keys)["borg"])
+    command = repo_serve_command(repos["host01"]["path"], repos["host01"], append_only=True)
+    assert installed_keys(text, command) == [KEY_A]
+    assert installed_keys(text, command.replace("host01", "host02")) == []
+    assert installed_keys(text, command.replace(" --append-only", "")) == []  # full access is another command
 
 
 def test_operator_key_reaches_the_common_base_of_the_repos():
