@@ -139,11 +139,16 @@ class BorgRepos(FactBase):
 
 
 def freshness(planned: PlannedJob, state: ClientState, listing: RepoListing, now: datetime) -> dict:
-    """One job's freshness in the contract's shape, from the repo itself."""
+    """One job's freshness in the contract's shape, from the repo itself; `error` when the repo cannot be
+    read or the host's last `borg check` of it failed."""
     job = planned.job
     archives = listing.job_archives(job.base_name(state.hostname)) if listing.exists else []
     last = archives[-1] if archives else None
-    if listing.error:
+    check = state.records[job.name].check
+    error = listing.error
+    if not error and check is not None and not check.ok:  # a damaged repo is never fresh
+        error = f"the last borg check failed ({check.time:%Y-%m-%dT%H:%M:%SZ}, exit status {check.rc})"
+    if error:
         status = "error"
     else:
         status = Schedule.parse(list(job.start_at)).due_state(last.time if last else None, now)
@@ -156,7 +161,7 @@ def freshness(planned: PlannedJob, state: ClientState, listing: RepoListing, now
         "age_seconds": int((now - last.time).total_seconds()) if last else None,
         "due": status in ("due", "stale", "missing"),
         "status": status,
-        "error": listing.error,
+        "error": error,
         "original_size": stats.get("original_size"),
         "deduplicated_size": stats.get("deduplicated_size"),
     }
