@@ -455,3 +455,8 @@ def test_pyinfra_run_proceeds_on_valid_data(tmp_path):
     run, marker = _pyinfra(tmp_path, job(startAt=None, repo=str(tmp_path / "repo")))
     assert run.returncode == 0, run.stdout + run.stderr
     assert marker.exists()
+
+
+def test_a_key_with_a_line_break_stays_on_its_problems_line():
+    [line] = errors(job(environment={"BAD\nNAME": "x"}))
+    assert line.startswith(f"{J}.environment.'BAD\\nNAME': invalid name: expected ")
