@@ -98,14 +98,17 @@ def test_4_a_wrong_passphrase_and_a_failing_pass_command_fail_their_host_and_say
 def test_2_borg_killed_mid_create_next_run_completes_lock_recovered_checkpoint_not_fresh(faults):
     fleet, repo = faults.fleet, faults.repo_dir("host01")
     kept = faults.ledger("host01")
-    # A second job, slow enough to kill mid-way: 2 MB at 1 MB/s, a checkpoint every second, no check.
+    # A second job (no check), its first create throttled to be killed mid-way: 2 MB at 250 kB/s, a checkpoint
+    # every second.
     fleet.run("host01", "mkdir -p /srv/bulk && for i in $(seq 20); do head -c 100000 /dev/urandom > /srv/bulk/f$i; done")
-    bulk = job(paths=["/srv/bulk"], extraCreateArgs=["--checkpoint-interval", "1", "--upload-ratelimit", "1000"])
+    bulk = job(paths=["/srv/bulk"])
     del bulk["checks"]
+    throttled = {**bulk, "extraCreateArgs": ["--checkpoint-interval", "1", "--upload-ratelimit", "250"]}
     inventory = faults.write_inventory("inventory-bulk.py", host01=faults.client_data("host01", {**faults.jobs["host01"], "bulk": bulk}))
+    slow = faults.write_inventory("inventory-bulk-slow.py", host01=faults.client_data("host01", {**faults.jobs["host01"], "bulk": throttled}))
     commits = int(fleet.run(SERVER, f"wc -l < {repo}/transactions").stdout)
     result = {}
-    runner = threading.Thread(target=lambda: result.setdefault("run", faults.backup("--limit", "host01", inventory=inventory)))
+    runner = threading.Thread(target=lambda: result.setdefault("run", faults.backup("--limit", "host01", inventory=slow)))
     runner.start()
     try:
         # the first checkpoint is committed: kill the repo's `borg serve` on the server, as an OOM kill would
@@ -114,10 +117,12 @@ def test_2_borg_killed_mid_create_next_run_completes_lock_recovered_checkpoint_n
             return int(fleet.run(SERVER, f"wc -l < {repo}/transactions").stdout) > commits
 
         wait_for(committed, 60, "a checkpoint")
-        fleet.run(SERVER, f"for p in $(pgrep -f 'borg serve'); do [ \"$(readlink /proc/$p/cwd)\" = {repo} ] && kill -9 $p; done; true")
+        killed = fleet.run(SERVER, f"for p in $(pgrep -f 'borg serve'); do [ \"$(readlink /proc/$p/cwd)\" = {repo} ] && "
+                                   "kill -9 $p && echo $p; done; true").stdout.split()
     finally:
         runner.join()
     run = result["run"]
+    assert killed, run.stdout
     assert [f for f in faults.repo_files("host01") if "lock" in f], "the killed borg left its lock"  # (the next borg clears it)
     assert run.returncode != 0
     lost = r"the repo server is unreachable \(.*Connection closed|the connection to the repo server was lost"
@@ -130,7 +135,7 @@ def test_2_borg_killed_mid_create_next_run_completes_lock_recovered_checkpoint_n
     assert fresh["system"]["status"] == "fresh"
 
     started = time.monotonic()
-    again = faults.backup("--limit", "host01", inventory=inventory)  # not forced: bulk is still due
+    again = faults.backup("--limit", "host01", inventory=inventory)  # not forced: bulk is still due (unthrottled now)
     assert again.returncode == 0, again.stdout
     assert time.monotonic() - started < 30  # borg removed the dead holder's lock, did not wait for it
     fresh = faults.freshness(inventory)["host01"]
