@@ -132,13 +132,16 @@ class Location:
     rsh: str | None = None
 
 
-def ssh_rsh(identity: str, known_hosts: str, port: int | None = None) -> str:
-    """BORG_RSH for a dedicated key with a pinned host key: no agent, no prompt, no TOFU."""
+def ssh_rsh(identity: str, known_hosts: str, port: int | None = None, pinned_only: bool = False) -> str:
+    """BORG_RSH for a dedicated key with a pinned host key: no agent, no prompt, no TOFU. `pinned_only`:
+    `known_hosts` is the only file trusted (ssh also reads /etc/ssh/ssh_known_hosts otherwise)."""
     words = [
         "ssh", "-i", identity, "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
         "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
         "-o", f"UserKnownHostsFile={known_hosts}", "-o", "ConnectTimeout=10",
     ]
+    if pinned_only:
+        words += ["-o", "GlobalKnownHostsFile=/dev/null"]
     if port:
         words += ["-p", str(port)]
     return " ".join(words)

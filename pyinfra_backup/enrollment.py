@@ -71,7 +71,7 @@ def find_server(repo: str, servers: Mapping[str, Server]) -> Server | None:
 def client_location(server: Server, client: str) -> Location:
     """How the client reaches its repo: the forced `cd` on the server picks the directory."""
     user = server.repo_for(client)["user"]
-    return Location(f"{user}@{server.address}:.", ssh_rsh(BACKUP_KEY, KNOWN_HOSTS, server.port))
+    return Location(f"{user}@{server.address}:.", ssh_rsh(BACKUP_KEY, KNOWN_HOSTS, server.port, pinned_only=True))
 
 
 def operator_location(server: Server, client: str, identity: str, known_hosts: str) -> Location:

@@ -3,7 +3,8 @@
 import pytest
 
 from pyinfra_backup.enrollment import (
-    Server, authorized_keys, find_server, installed_keys, plan_jobs, repo_host, repo_serve_command, server_repos,
+    Server, authorized_keys, client_location, find_server, installed_keys, plan_jobs, repo_host, repo_serve_command,
+    server_repos,
 )
 
 KEY_A = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA host01"
@@ -87,3 +88,9 @@ def test_a_path_with_shell_or_option_characters_stays_one_quoted_word():
     assert command == "cd '/srv/my \"repos\"/a b' && borg serve --restrict-to-repository . --append-only"
     line = serve_line(command, KEY_A)
     assert line == f'command="cd \'/srv/my \\"repos\\"/a b\' && borg serve --restrict-to-repository . --append-only",restrict {KEY_A}'
+
+
+def test_a_client_trusts_only_its_pinned_server_keys():
+    rsh = client_location(servers()["backup"], "host01").rsh
+    assert "-o StrictHostKeyChecking=yes -o UserKnownHostsFile=/var/lib/pyinfra-backup/ssh/known_hosts" in rsh
+    assert "-o GlobalKnownHostsFile=/dev/null" in rsh  # not /etc/ssh/ssh_known_hosts too
