@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
 import subprocess
 import threading
@@ -24,19 +23,10 @@ from pathlib import Path
 import pytest
 
 from tests.fleet import Fleet
-from tests.integration.helpers import operator_borg, pyinfra
+from tests.integration.helpers import DATA_SETUP, TREE, operator_borg, pyinfra
 
 CLIENTS = ["host01", "host02", "host03", "host04", "host05"]
 SERVER = "backup"
-DATA_SETUP = r"""
-set -e
-rm -rf /srv/data && mkdir -p /srv/data/app
-echo "hello from $(hostname)" > /srv/data/hello.txt
-head -c 200000 /dev/urandom > /srv/data/app/blob.bin
-printf 'secret-ish\n' > /srv/data/app/private && chmod 0600 /srv/data/app/private
-umask 077 && printf '%s' "$PASS" > /root/borg-pass
-"""
-TREE = "cd {0} && find . -printf '%p %U %G %m %y %l\\n' | sort && find . -type f -print0 | sort -z | xargs -0 sha256sum"
 # Files whose loss would lose a backup: the passphrase, the host's backup key, its pinned server key.
 CLIENT_SECRETS = ("/root/borg-pass", "/var/lib/pyinfra-backup/ssh/id_ed25519", "/var/lib/pyinfra-backup/ssh/known_hosts")
 
@@ -214,6 +204,3 @@ def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
-
-def lines_matching(pattern: str, text: str) -> list[str]:
-    return [line for line in text.splitlines() if re.search(pattern, line)]
