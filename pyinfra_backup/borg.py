@@ -136,13 +136,16 @@ class Location:
     rsh: str | None = None
 
 
-def ssh_rsh(identity: str, known_hosts: str, port: int | None = None) -> str:
-    """BORG_RSH for a dedicated key with a pinned host key: no agent, no prompt, no TOFU."""
+def ssh_rsh(identity: str, known_hosts: str, port: int | None = None, pinned_only: bool = False) -> str:
+    """BORG_RSH for a dedicated key with a pinned host key: no agent, no prompt, no TOFU. `pinned_only`:
+    `known_hosts` is the only file trusted (ssh also reads /etc/ssh/ssh_known_hosts otherwise)."""
     words = [
         "ssh", "-i", identity, "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
         "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
         "-o", f"UserKnownHostsFile={known_hosts}", "-o", "ConnectTimeout=10",
     ]
+    if pinned_only:
+        words += ["-o", "GlobalKnownHostsFile=/dev/null"]
     if port:
         words += ["-p", str(port)]
     return " ".join(words)
@@ -303,9 +306,13 @@ _EXPLANATIONS = (
     (re.compile(r"Connection closed by remote host|Connection refused|timed out|No route to host"
                 r"|Could not resolve|Network is unreachable", re.I),
      "the repo server is unreachable"),
+    (re.compile(r"Broken pipe|Connection reset by peer", re.I),
+     "the connection to the repo server was lost (borg serve or ssh ended on the server)"),
     (re.compile(r"Permission denied \(publickey", re.I),
      "the server refused this host's backup key"),
     (re.compile(r"BORG_PASSCOMMAND|passcommand", re.I), "the passCommand failed"),
+    (re.compile(r"No space left on device|Insufficient free space", re.I), "the repo server's filesystem is full"),
+    (re.compile(r"storage quota .* exceeded", re.I), "the repo's storage quota is exceeded"),
 )
 
 
@@ -315,6 +322,19 @@ def explain_error(stderr_line: str) -> str:
         if pattern.search(stderr_line):
             return f"{reason} ({stderr_line})"
     return stderr_line
+
+
+def explain_errors(lines: list[str]) -> str:
+    """The first of borg's error lines that has a clear reason, else the last one.
+
+    >>> explain_errors(["borg.remote.ConnectionClosed: Connection closed by remote host", "BrokenPipeError: x"])
+    'the repo server is unreachable (borg.remote.ConnectionClosed: Connection closed by remote host)'
+    """
+    for line in lines:
+        explained = explain_error(line)
+        if explained != line:
+            return explained
+    return lines[-1] if lines else ""
 
 
 def parse_create(stdout: str) -> dict:

@@ -71,7 +71,7 @@ def find_server(repo: str, servers: Mapping[str, Server]) -> Server | None:
 def client_location(server: Server, client: str) -> Location:
     """How the client reaches its repo: the forced `cd` on the server picks the directory."""
     user = server.repo_for(client)["user"]
-    return Location(f"{user}@{server.address}:.", ssh_rsh(BACKUP_KEY, KNOWN_HOSTS, server.port))
+    return Location(f"{user}@{server.address}:.", ssh_rsh(BACKUP_KEY, KNOWN_HOSTS, server.port, pinned_only=True))
 
 
 def operator_location(server: Server, client: str, identity: str, known_hosts: str) -> Location:
@@ -107,6 +107,16 @@ def serve_line(command: str, key: str) -> str:
     """One authorized_keys line; a `"` in the command is escaped as sshd's option syntax wants."""
     escaped = command.replace('"', '\\"')  # sshd unescapes only \" inside an option
     return f'command="{escaped}",restrict {key}'
+
+
+def installed_keys(authorized_keys_text: str, command: str) -> list[str]:
+    """The keys an authorized_keys file gives this forced command (the inverse of `serve_line`).
+
+    >>> installed_keys('command="cd /r && borg serve",restrict ssh-ed25519 AAAA c@h\\n', "cd /r && borg serve")
+    ['ssh-ed25519 AAAA c@h']
+    """
+    prefix = serve_line(command, "")
+    return [line[len(prefix):] for line in authorized_keys_text.splitlines() if line.startswith(prefix) and line[len(prefix):]]
 
 
 def repo_serve_command(path: str, repo: Mapping, append_only: bool) -> str:

@@ -99,6 +99,17 @@ def record_attempt(job: str, rc: int, message: str) -> str:
     )
 
 
+# What borg prints after an unexpected error, besides the error itself: its platform, versions, argv and the
+# traceback (also the server's, prefixed "Borg server: "). The last lines of a log are these, not the reason.
+BORG_NOISE = (r"^(Borg server: )?((Platform|Linux|Borg|PID|sys\.argv|SSH_ORIGINAL_COMMAND): "
+              r"|Traceback |During handling |Local Exception|[[:space:]]|$)")
+
+
+def error_lines(log: str, count: int = 3) -> str:
+    """A command printing the last `count` lines of a borg log that say what went wrong."""
+    return f"grep -v -E {sh_join([BORG_NOISE])} {log} | tail -n {count}"
+
+
 def create_command(job: str, borg_create: str, accept_warnings: bool, init_if_missing: str | None = None) -> str:
     """Run `borg create --json` and record its outcome either way; exits with borg's status
     (a warning, rc 1, counts as success when `accept_warnings`). With `init_if_missing` (a
@@ -114,8 +125,8 @@ def create_command(job: str, borg_create: str, accept_warnings: bool, init_if_mi
         f"mkdir -p {d} && cd / && {{ {create} 2> {d}/create.log; _rc=$?; }}; {retry}"
         f"if [ $_rc -le {limit} ]; then mv -f {d}/last-create.json.tmp {d}/last-create.json && "
         f"echo \"$(date +%s) 0\" > {d}/last-attempt; "
-        f"else {{ echo \"$(date +%s) $_rc\"; tail -n 3 {d}/create.log; }} > {d}/last-attempt; "
-        f"tail -n 3 {d}/create.log >&2; rm -f {d}/last-create.json.tmp; exit $_rc; fi"
+        f"else {{ echo \"$(date +%s) $_rc\"; {error_lines(f'{d}/create.log')}; }} > {d}/last-attempt; "
+        f"{error_lines(f'{d}/create.log')} >&2; rm -f {d}/last-create.json.tmp; exit $_rc; fi"
     )
 
 

@@ -320,8 +320,11 @@ def _duplicate_errors(path, job) -> list[tuple[list, str]]:
 
 
 def _dotted(path) -> str:
+    """`borgbackup.jobs.system.paths[0]`; a key with a control character (a line break...) shown quoted, so
+    that each problem stays one line."""
     text = ""
     for part in path:
+        part = part if isinstance(part, int) or str(part).isprintable() else repr(part)
         text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
     return text
 

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pyinfra import host, inventory, logger
 from pyinfra import state as ctx_state
 from pyinfra.api import FunctionCommand
+from pyinfra.api.exceptions import ConnectError
 from pyinfra.facts.files import Directory
 from pyinfra.facts.server import Home
 
@@ -26,10 +27,10 @@ from tasks import operator
 from tasks.common import HostError, host_operation
 from pyinfra_backup.borg import (
     BACKUP_KEY, KNOWN_HOSTS, check_argv, compact_argv, create_argv,
-    extract_argv, borg_env, explain_error, init_argv, parse_interval, prune_argv,
+    extract_argv, borg_env, explain_errors, init_argv, parse_interval, prune_argv,
 )
 from pyinfra_backup.dumps import DataSpec, create_script
-from pyinfra_backup.enrollment import authorized_keys, server_repos
+from pyinfra_backup.enrollment import authorized_keys, installed_keys, repo_serve_command, server_repos
 from pyinfra_backup.metrics import job_metrics_from_records, render_textfile
 from pyinfra_backup.ping import ping
 from pyinfra_backup.prune import to_prune
@@ -121,19 +122,49 @@ def _readable_listing(job: str):
 # --- repo server -----------------------------------------------------------------------------
 
 
+def _from_other_host(other, read):
+    """`read(other)`: a fact of another host of the inventory (a client's key for its server, a
+    server's host keys for its client). Raises Unreachable when that host cannot be reached: a
+    host that failed to connect must fail alone, not end the run (pyinfra raises ConnectError)."""
+    if other in ctx_state.failed_hosts:
+        raise Unreachable(other.name)
+    try:
+        return read(other)
+    except ConnectError as error:
+        raise Unreachable(other.name, str(error)) from None
+
+
+class Unreachable(HostError):
+    def __init__(self, name: str, why: str = "could not connect at the start of the run"):
+        super().__init__(f"{host.name}: {name} is unreachable ({why})")
+        self.name = name
+
+
 def _server_layout(server_host):
-    """The server's repos (data + enrolled clients) and what must be read to compare them."""
+    """The server's repos (data + enrolled clients) and what must be read to compare them. An
+    unreachable client keeps the key the server already has for it (its access is never revoked
+    because it was down during a run)."""
     server = fleet_servers(inventory)[server_host.name]
-    enrolled = {
-        client.name: client_key(client)
-        for client in inventory
-        if server.name in servers_of(host_plan(client, inventory))
-    }
+    enrolled, unreachable = {}, []
+    for client in inventory:
+        if server.name in servers_of(host_plan(client, inventory)):
+            try:
+                enrolled[client.name] = _from_other_host(client, client_key)
+            except Unreachable:
+                unreachable.append(client.name)
+                enrolled[client.name] = None
     repos = server_repos(server, enrolled)
     users = sorted({repo["user"] for repo in repos.values()} or {"borg"})
     groups = sorted({repo.get("group") or repo["user"] for repo in repos.values()} or {"borg"})
     paths = sorted(repo["path"] for repo in repos.values())
     current = server_state(server_host, users=users, groups=groups, paths=paths)
+    for name in unreachable:
+        repo = repos[name]
+        installed = current.authorized_keys.get(repo["user"], "")
+        enrolled[name] = next(iter(installed_keys(installed, repo_serve_command(repo["path"], repo, append_only=True))), None)
+        logger.warning(f"{host.name}: {name} is unreachable: its installed backup key is kept")
+    if unreachable:
+        repos = server_repos(server, enrolled)
     return server, repos, users, groups, current
 
 
@@ -201,7 +232,7 @@ def pin_server_keys():
     """
     lines = []
     for server in servers_of(host_plan(host, inventory)).values():
-        lines += _known_hosts_lines(server, inventory.get_host(server.name))
+        lines += _from_other_host(inventory.get_host(server.name), lambda server_host: _known_hosts_lines(server, server_host))
     content = "".join(line + "\n" for line in sorted(lines))
     if client_state(host).known_hosts.strip() == content.strip():
         host.noop(f"{len(lines)} server host keys pinned in {KNOWN_HOSTS}")
@@ -369,9 +400,9 @@ def _failures(records) -> list[str]:
     reasons = []
     for job, record in sorted(records.items()):
         if record.attempt and not record.attempt.ok:
-            last_line = (record.attempt.error.splitlines() or [f"exit status {record.attempt.rc}"])[-1]
-            ours = last_line.startswith(f"{host.name}: ")  # a JobError's own message
-            reasons.append(last_line[len(host.name) + 2:] if ours else f"job {job}: {explain_error(last_line)}")
+            lines = record.attempt.error.splitlines() or [f"exit status {record.attempt.rc}"]
+            ours = lines[-1].startswith(f"{host.name}: ")  # a JobError's own message
+            reasons.append(lines[-1][len(host.name) + 2:] if ours else f"job {job}: {explain_errors(lines)}")
         if record.check and not record.check.ok:
             reasons.append(f"job {job}: borg check failed (exit status {record.check.rc})")
     return reasons
@@ -535,7 +566,8 @@ def forget_repo_state(job: str):
     planned = _planned(job)
     if planned.server is not None:
         path = planned.server.repo_for(host.name)["path"]
-        files = inventory.get_host(planned.server.name).get_fact(BorgRepoFiles, path=path)
+        files = _from_other_host(inventory.get_host(planned.server.name),
+                                 lambda server_host: server_host.get_fact(BorgRepoFiles, path=path))
     else:
         files = host.get_fact(BorgRepoFiles, path=planned.job.repo)
     if not files.repo_id:

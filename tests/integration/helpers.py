@@ -8,6 +8,21 @@ from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[2]
 
+# A client's data to back up (contents, owners, modes, a link) and its passphrase file ($PASS).
+DATA_SETUP = r"""
+set -e
+rm -rf /srv/data && mkdir -p /srv/data/app/empty /srv/data/owned
+echo "hello from $(hostname)" > /srv/data/hello.txt
+head -c 300000 /dev/urandom > /srv/data/app/blob.bin
+printf 'secret-ish\n' > /srv/data/app/private && chmod 0600 /srv/data/app/private
+chown 1234:2345 /srv/data/owned && chmod 0750 /srv/data/owned
+echo owned > /srv/data/owned/file && chown 1234:2345 /srv/data/owned/file && chmod 0640 /srv/data/owned/file
+ln -s hello.txt /srv/data/link
+umask 077 && printf '%s' "$PASS" > /root/borg-pass
+"""
+# A tree's paths, owners, modes, kinds, link targets and contents, to compare two trees.
+TREE = "cd {0} && find . -printf '%p %U %G %m %y %l\\n' | sort && find . -type f -print0 | sort -z | xargs -0 sha256sum"
+
 
 def pyinfra(inventory, *args: str, env: dict | None = None, yes: bool = True, timeout: int = 300):
     """`pyinfra [-y] INVENTORY ARGS...` from the project root; stdout and stderr together in `.stdout`."""
@@ -30,10 +45,8 @@ def operator_borg(setup: dict, client: str, *args: str, check: bool = True):
 
 
 def tree(fleet, name: str, path: str) -> str:
-    """Every entry under `path` inside a fleet host (relative name, uid, gid, mode, type, link target),
-    then every regular file's sha256: equal trees print the same text."""
-    return fleet.run(name, f"cd {path} && find . -printf '%p %U %G %m %y %l\\n' | sort && "
-                           "find . -type f -print0 | sort -z | xargs -0 sha256sum").stdout
+    """`TREE` of `path` inside a fleet host: equal trees print the same text."""
+    return fleet.run(name, TREE.format(path)).stdout
 
 
 def in_host(fleet, name: str, cmd: str) -> list[str]:

@@ -3,7 +3,8 @@
 host03 holds the repo (as the operator's machine would) with its own deploy key and the two servers'
 host keys pinned in its own known_hosts file (and no global one); host04 (`origin`) and host05
 (`mirror`) each serve a bare repo as user `git`. The tests run in file order on one setup, and check
-the remotes directly (git on host04/host05), not through our own facts.
+the remotes directly (git on host04/host05), not through our own facts. A diverged remote is
+in tests/faults.
 """
 
 from __future__ import annotations
@@ -54,7 +55,11 @@ def local_rev(fleet, rev: str) -> str:
 
 @pytest.fixture(scope="module")
 def setup(fleet, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("config-repo")
+    return config_repo_setup(fleet, tmp_path_factory.mktemp("config-repo"))
+
+
+def config_repo_setup(fleet, tmp) -> dict:
+    """host03's config repo with two remotes (bare repos on host04 and host05), pushed once."""
     fleet.run(PUSHER, PUSHER_SETUP)
     key = fleet.run(PUSHER, f"cat {KEY}.pub").stdout
     for host in REMOTES.values():
@@ -131,29 +136,3 @@ def test_a_new_commit_and_a_release_tag_reach_both(setup, tmp_path):
     for name in REMOTES:
         assert remote_rev(fleet, name, "refs/heads/main") == local_rev(fleet, "main")
         assert remote_rev(fleet, name, "refs/tags/v1.0.0") == local_rev(fleet, "refs/tags/v1.0.0")  # the tag object
-
-
-def test_a_diverged_remote_is_named_and_left_alone_while_the_other_is_pushed(setup):
-    fleet = setup["fleet"]
-    theirs_setup = (f"rm -rf /tmp/other && runuser -u git -- sh -c 'git clone -q {BARE} /tmp/other && "
-                    f"cd /tmp/other && echo theirs > theirs.txt && git add theirs.txt && "
-                    f"git -c user.name=Other -c user.email=o@x commit -q -m theirs && git push -q origin main'")
-    fleet.run(REMOTES["mirror"], theirs_setup)
-    theirs = remote_rev(fleet, "mirror", "refs/heads/main")
-    fleet.run(PUSHER, f"echo ours > {REPO}/ours.txt && git -C {REPO} add ours.txt && {GIT} commit -q -m ours")
-    ours = local_rev(fleet, "main")
-
-    run = deploy(setup)  # mirror's commit is unknown on host03: fetched into refs/remotes/mirror/main, then counted
-    assert run.returncode != 0, run.stdout
-    assert "remote mirror: branch main: diverged: local 1 ahead, 1 behind" in run.stdout, run.stdout
-    assert "never forced" in run.stdout and "remote origin" not in run.stdout
-    assert remote_rev(fleet, "origin", "refs/heads/main") == ours  # the other remote got the push
-    assert remote_rev(fleet, "mirror", "refs/heads/main") == theirs  # nothing forced
-    assert remote_rev(fleet, "mirror", "refs/heads/stable") == local_rev(fleet, "stable")
-    assert local_rev(fleet, "refs/remotes/mirror/main") == theirs and local_rev(fleet, "main") == ours
-
-    before = fleet.exec_count(PUSHER)
-    again = deploy(setup)  # now counted in the one fact, nothing to push or fetch
-    assert again.returncode != 0 and "remote mirror: branch main: diverged: local 1 ahead, 1 behind" in again.stdout
-    assert fleet.exec_count(PUSHER) - before == 1, again.stdout
-    assert remote_rev(fleet, "mirror", "refs/heads/main") == theirs

@@ -1,9 +1,10 @@
 """borg argv/env building and output parsing."""
 
 import json
+import shlex
 
 from pyinfra_backup.borg import (
-    Job, Location, borg_env, check_argv, create_argv, explain_error, parse_interval, parse_list, prune_argv,
+    Job, Location, borg_env, check_argv, create_argv, explain_error, explain_errors, parse_interval, parse_list, prune_argv,
 )
 from pyinfra_backup.shell import atomic_write, parse_sections, sectioned_script, with_env
 from tests.unit.seed import SEED_JOB
@@ -70,6 +71,14 @@ def test_explain_error():
     assert explain_error("Host key verification failed.").startswith("the server's SSH host key")
     assert explain_error("Connection closed by remote host").startswith("the repo server is unreachable")
     assert explain_error("something else") == "something else"
+    assert explain_error("OSError: [Errno 28] No space left on device").startswith("the repo server's filesystem is full")
+    assert explain_error("BrokenPipeError: [Errno 32] Broken pipe").startswith("the connection to the repo server was lost")
+
+
+def test_explain_errors_takes_the_first_line_with_a_reason():
+    assert explain_errors(["Local thing", "OSError: [Errno 28] No space left on device", "BrokenPipeError: x"]).startswith(
+        "the repo server's filesystem is full")
+    assert explain_errors(["a", "b"]) == "b" and explain_errors([]) == ""
 
 
 def test_sections_round_trip(tmp_path):
@@ -160,3 +169,19 @@ def test_create_command_initialises_a_repo_borg_reports_missing_and_nothing_else
     failing = records.create_command("sys", bad, False, init_if_missing=f"touch {tmp_path}/init-ran")
     assert subprocess.run(["sh", "-c", failing], capture_output=True).returncode == 2
     assert not (tmp_path / "init-ran").exists()  # another failure than a missing repo: no init
+
+
+def test_a_failed_create_records_the_error_not_borgs_crash_report(tmp_path, monkeypatch):
+    import subprocess
+
+    from pyinfra_backup import records
+
+    monkeypatch.setattr(records, "JOBS_DIR", str(tmp_path))
+    crash = ("Local Exception\nTraceback (most recent call last):\n  File \"x.py\", line 1, in put\n"
+             "OSError: [Errno 28] No space left on device\n\nPlatform: Linux host01\nBorg: 1.2.4\n"
+             "Borg server: sys.argv: ['borg', 'serve']\nPID: 248  CWD: /\nsys.argv: ['borg', 'create']\n"
+             "SSH_ORIGINAL_COMMAND: None\n\n")
+    failing = records.create_command("sys", shlex.join(["sh", "-c", f"printf %s {shlex.quote(crash)} >&2; exit 2"]), False)
+    shown = subprocess.run(["sh", "-c", failing], capture_output=True, text=True)
+    attempt = records.parse_attempt((tmp_path / "sys" / "last-attempt").read_text())
+    assert attempt.error == "OSError: [Errno 28] No space left on device" == shown.stderr.strip()

@@ -3,7 +3,8 @@
 import pytest
 
 from pyinfra_backup.enrollment import (
-    Server, authorized_keys, find_server, plan_jobs, repo_host, server_repos,
+    Server, authorized_keys, client_location, find_server, installed_keys, plan_jobs, repo_host, repo_serve_command,
+    server_repos,
 )
 
 KEY_A = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA host01"
@@ -51,6 +52,17 @@ def test_authorized_keys_lines_as_nixos_writes_them():
     ]
 
 
+def test_installed_keys_reads_back_the_key_of_a_forced_command():
+    """What the server keeps for a client that is unreachable during a run."""
+    server = servers()["backup"]
+    repos = server_repos(server, {"host01": KEY_A})
+    text = "".join(line + "\n" for line in authorized_keys(repos, server.operator_keys)["borg"])
+    command = repo_serve_command(repos["host01"]["path"], repos["host01"], append_only=True)
+    assert installed_keys(text, command) == [KEY_A]
+    assert installed_keys(text, command.replace("host01", "host02")) == []
+    assert installed_keys(text, command.replace(" --append-only", "")) == []  # full access is another command
+
+
 def test_operator_key_reaches_the_common_base_of_the_repos():
     server = Server.from_data("backup", {"borgbackup": {"repos": {}, "operatorKeys": [KEY_OP]}})
     lines = authorized_keys(server_repos(server, {"host01": KEY_A, "host02": KEY_A}), server.operator_keys)
@@ -76,3 +88,9 @@ def test_a_path_with_shell_or_option_characters_stays_one_quoted_word():
     assert command == "cd '/srv/my \"repos\"/a b' && borg serve --restrict-to-repository . --append-only"
     line = serve_line(command, KEY_A)
     assert line == f'command="cd \'/srv/my \\"repos\\"/a b\' && borg serve --restrict-to-repository . --append-only",restrict {KEY_A}'
+
+
+def test_a_client_trusts_only_its_pinned_server_keys():
+    rsh = client_location(servers()["backup"], "host01").rsh
+    assert "-o StrictHostKeyChecking=yes -o UserKnownHostsFile=/var/lib/pyinfra-backup/ssh/known_hosts" in rsh
+    assert "-o GlobalKnownHostsFile=/dev/null" in rsh  # not /etc/ssh/ssh_known_hosts too

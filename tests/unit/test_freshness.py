@@ -27,3 +27,17 @@ def test_a_failed_check_puts_the_repo_in_error_although_borg_list_reads_it():
     assert failed["status"] == "error" and failed["due"] is False
     assert failed["error"] == "the last borg check failed (exit status 1, 2026-11-27 08:00 UTC)"
     assert failed["last_archive"] == "h-system-2026-11-27T01:00:00"
+
+
+def test_an_archive_since_the_last_event_is_fresh_and_a_checkpoint_is_not_an_archive():
+    daily = PlannedJob(Job.from_data("system", {"repo": "/r", "paths": ["/etc"], "encryption": {"mode": "none"},
+                                                "startAt": "daily"}), Location("/r"))
+    listing = RepoListing(exists=True, archives=(
+        Archive("h-system-2026-11-27T11:00:00", NOW - timedelta(hours=1)),
+        Archive("h-system-2026-11-27T11:30:00.checkpoint", NOW - timedelta(minutes=30)),
+    ))
+    state = ClientState(hostname="h", key=None, known_hosts="", records={"system": parse_records({})})
+    entry = freshness(daily, state, listing, NOW)
+    assert entry["status"] == "fresh" and entry["last_archive"] == "h-system-2026-11-27T11:00:00"
+    only_checkpoint = RepoListing(exists=True, archives=listing.archives[1:])
+    assert freshness(daily, state, only_checkpoint, NOW)["status"] == "missing"

@@ -503,3 +503,8 @@ def test_backup_force_may_name_a_job_of_another_host_as_data_flags_reach_every_h
     assert inventory_errors([Host("host01", client), Host("backup", server)]) == []
     typo = inventory_errors([Host("host01", {**client, "backup_force": "sytem"}), Host("backup", server)])
     assert typo == ["host01: backup_force: expected a job of borgbackup.jobs (one of: system), got 'sytem', did you mean system?"]
+
+
+def test_a_key_with_a_line_break_stays_on_its_problems_line():
+    [line] = errors(job(environment={"BAD\nNAME": "x"}))
+    assert line.startswith(f"{J}.environment.'BAD\\nNAME': invalid name: expected ")

@@ -1,0 +1,344 @@
+"""Faults of a backup run on real fleet hosts (issue 8, scenarios 1-5, 9-12), in file order on one setup.
+
+Each scenario breaks something real (a link, a borg process, a filesystem, a segment, a host key),
+runs what a user runs, asserts what the user sees, repairs, and ends with `Ledger.assert_kept`:
+`borg check` clean on every repo involved, no archive, file or secret lost, no lock left.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+
+import pytest
+
+from pyinfra_backup.borg import borg_env, create_argv
+from pyinfra_backup.enrollment import Server, plan_jobs
+from pyinfra_backup.shell import with_env
+from tests.faults.conftest import CLIENTS, SERVER, job, wait_for
+from tests.integration.helpers import PROJECT
+
+pytestmark = pytest.mark.fleet
+
+CLIENT_RSH = ("ssh -i /var/lib/pyinfra-backup/ssh/id_ed25519 -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes "
+              "-o UserKnownHostsFile=/var/lib/pyinfra-backup/ssh/known_hosts")
+
+
+def host_lines(run, name: str) -> str:
+    return "\n".join(line for line in run.stdout.splitlines() if f"[{name}]" in line)
+
+
+def sshd_log_size(faults) -> int:
+    return int(faults.fleet.run(SERVER, "stat -c %s /var/log/sshd.log").stdout)
+
+
+def sshd_log_since(faults, offset: int) -> str:
+    return faults.fleet.run(SERVER, f"tail -c +{offset + 1} /var/log/sshd.log").stdout
+
+
+# --- 1 + 4: a host unreachable at the start, a wrong passphrase, a failing passCommand, in one run -------
+
+
+@pytest.fixture(scope="module")
+def failing_run(faults):
+    """One forced run where host05's link is down, host03's passphrase is wrong and host04's passCommand
+    fails; host01 and host02 are fine."""
+    fleet = faults.fleet
+    kept = {name: faults.ledger(name) for name in CLIENTS}
+    keys_before = fleet.run(SERVER, "cat /var/lib/borgbackup/.ssh/authorized_keys").stdout
+    broken = {**faults.jobs["host04"]["system"], "encryption": {"mode": "repokey-blake2", "passCommand": "cat /run/secrets/borg-pass"}}
+    inventory = faults.write_inventory("inventory-failing.py", host04=faults.client_data("host04", {"system": broken}))
+    config = faults.tmp / "config.py"
+    config.write_text("CONNECT_TIMEOUT = 3\n")  # pyinfra's default waits 10 s for a host that is down
+    fleet.run("host05", "ip link set pbk-eth0 down")
+    fleet.run("host03", "cp /root/borg-pass /root/borg-pass.good && printf wrong > /root/borg-pass")
+    try:
+        run = faults.backup("--config", str(config), "--data", "backup_force=true", inventory=inventory)
+    finally:
+        fleet.run("host05", "ip link set pbk-eth0 up")
+        fleet.run("host03", "mv /root/borg-pass.good /root/borg-pass")
+    return {"run": run, "kept": kept, "keys_before": keys_before}
+
+
+def test_1_a_host_unreachable_at_the_start_fails_alone_and_is_named(faults, failing_run):
+    run, kept = failing_run["run"], failing_run["kept"]
+    assert run.returncode != 0
+    assert re.search(r"\[host05\] Could not connect", run.stdout), run.stdout
+    assert "pyinfra error in" not in run.stdout, run.stdout  # no crash: the run went on without host05
+    for name in ("host01", "host02"):  # the others finished: a new archive each
+        assert len(faults.archives(name)) == len(kept[name].archives[name]) + 1, host_lines(run, name)
+    # host05's access to its repo was kept while it was down (its key could not be read)
+    assert faults.fleet.run(SERVER, "cat /var/lib/borgbackup/.ssh/authorized_keys").stdout == failing_run["keys_before"]
+    back = faults.backup("--limit", "host05", "--data", "backup_force=true")
+    assert back.returncode == 0, back.stdout
+    assert len(faults.archives("host05")) == len(kept["host05"].archives["host05"]) + 1
+    for name in ("host01", "host02", "host05"):
+        kept[name].assert_kept()
+
+
+def test_4_a_wrong_passphrase_and_a_failing_pass_command_fail_their_host_and_say_why(faults, failing_run):
+    run, kept = failing_run["run"], failing_run["kept"]
+    assert re.search(r"\[host03\] host03: job system: wrong passphrase", run.stdout), run.stdout
+    assert re.search(r"\[host04\] host04: job system: the passCommand failed", run.stdout), run.stdout
+    for name in ("host03", "host04"):
+        assert faults.archives(name) == kept[name].archives[name]  # nothing was written
+        kept[name].assert_kept()
+    again = faults.backup("--limit", "host03", "--data", "backup_force=true")  # the right passphrase again
+    assert again.returncode == 0, again.stdout
+
+
+# --- 2: borg killed mid-create ------------------------------------------------------------------------
+
+
+def test_2_borg_killed_mid_create_next_run_completes_lock_recovered_checkpoint_not_fresh(faults):
+    fleet, repo = faults.fleet, faults.repo_dir("host01")
+    kept = faults.ledger("host01")
+    # A second job (no check), its first create throttled to be killed mid-way: 2 MB at 250 kB/s, a checkpoint
+    # every second.
+    fleet.run("host01", "mkdir -p /srv/bulk && for i in $(seq 20); do head -c 100000 /dev/urandom > /srv/bulk/f$i; done")
+    bulk = job(paths=["/srv/bulk"])
+    del bulk["checks"]
+    throttled = {**bulk, "extraCreateArgs": ["--checkpoint-interval", "1", "--upload-ratelimit", "250"]}
+    inventory = faults.write_inventory("inventory-bulk.py", host01=faults.client_data("host01", {**faults.jobs["host01"], "bulk": bulk}))
+    slow = faults.write_inventory("inventory-bulk-slow.py", host01=faults.client_data("host01", {**faults.jobs["host01"], "bulk": throttled}))
+    commits = int(fleet.run(SERVER, f"wc -l < {repo}/transactions").stdout)
+    result = {}
+    runner = threading.Thread(target=lambda: result.setdefault("run", faults.backup("--limit", "host01", inventory=slow)))
+    runner.start()
+    try:
+        # the first checkpoint is committed: kill the repo's `borg serve` on the server, as an OOM kill would
+        def committed():
+            assert runner.is_alive(), result["run"].stdout
+            return int(fleet.run(SERVER, f"wc -l < {repo}/transactions").stdout) > commits
+
+        wait_for(committed, 60, "a checkpoint")
+        # borg itself (not the forced command's `sh -c`: its death would let borg serve exit cleanly on EOF)
+        killed = fleet.run(SERVER, f"for p in $(pgrep -x borg); do [ \"$(readlink /proc/$p/cwd)\" = {repo} ] && "
+                                   "kill -9 $p && echo $p; done; true").stdout.split()
+    finally:
+        runner.join()
+    run = result["run"]
+    assert len(killed) == 1, run.stdout
+    assert [f for f in faults.repo_files("host01") if "lock" in f], "the killed borg left its lock"  # (the next borg clears it)
+    assert run.returncode != 0
+    lost = r"the repo server is unreachable \(.*Connection closed|the connection to the repo server was lost"
+    assert re.search(rf"\[host01\] host01: job bulk: ({lost})", run.stdout), run.stdout
+    names = faults.archives("host01", checkpoints=True)
+    assert any(re.fullmatch(r"host01-bulk-\S+\.checkpoint", name) for name in names), names
+    assert not any(re.fullmatch(r"host01-bulk-[0-9T:-]+", name) for name in names), names
+    fresh = faults.freshness(inventory)["host01"]
+    assert fresh["bulk"]["status"] == "missing" and fresh["bulk"]["last_archive"] is None, fresh  # a checkpoint is not a backup
+    assert fresh["system"]["status"] == "fresh"
+
+    started = time.monotonic()
+    again = faults.backup("--limit", "host01", inventory=inventory)  # not forced: bulk is still due (unthrottled now)
+    assert again.returncode == 0, again.stdout
+    assert time.monotonic() - started < 30  # borg removed the dead holder's lock, did not wait for it
+    fresh = faults.freshness(inventory)["host01"]
+    assert fresh["bulk"]["status"] == "fresh" and not fresh["bulk"]["last_archive"].endswith("checkpoint"), fresh
+    kept.assert_kept()
+
+
+# --- 3: the backup server's filesystem full -----------------------------------------------------------
+
+
+def test_3_server_filesystem_full_clear_error_repo_consistent_next_run_succeeds(faults):
+    fleet, repo = faults.fleet, faults.repo_dir("host02")
+    kept = faults.ledger("host02")
+    # The repo moves onto a 20 MB tmpfs inside the server (its own mount namespace), then 30 MB are due.
+    fleet.run(SERVER, f"cp -a {repo} /root/host02.repo && mount -t tmpfs -o size=20m,mode=0700 pbk-full {repo} && "
+                      f"cp -a /root/host02.repo/. {repo}/ && chown borg:borg {repo} && rm -rf /root/host02.repo")
+    try:
+        fleet.run("host02", "mkdir -p /srv/data/bulk && head -c 30000000 /dev/urandom > /srv/data/bulk/big.bin")
+        full = faults.backup("--limit", "host02", "--data", "backup_force=true")
+        assert full.returncode != 0
+        assert "[host02] host02: job system: the repo server's filesystem is full (" in full.stdout, full.stdout
+        assert "100%" in fleet.run(SERVER, f"df {repo}").stdout  # it was really full
+
+        fleet.run(SERVER, f"mount -o remount,size=200m {repo}")  # space freed
+        assert faults.borg("host02", "check", "{repo}", check=False).returncode == 0  # the repo as the failure left it
+        assert faults.archives("host02", checkpoints=True) == kept.archives["host02"]  # no partial archive
+        after = faults.backup("--limit", "host02", "--data", "backup_force=true")
+        assert after.returncode == 0, after.stdout
+        assert len(faults.archives("host02")) == len(kept.archives["host02"]) + 1
+    finally:  # back onto the server's disk, byte for byte
+        fleet.run(SERVER, f"cp -a {repo}/. /root/host02.repo && umount {repo} && find {repo} -mindepth 1 -delete && "
+                          f"cp -a /root/host02.repo/. {repo}/ && rm -rf /root/host02.repo", check=False)
+        fleet.run("host02", "rm -rf /srv/data/bulk")
+    assert "pbk-full" not in fleet.run(SERVER, "cat /proc/mounts").stdout
+    kept.assert_kept()
+
+
+# --- 5: a corrupted segment ---------------------------------------------------------------------------
+
+
+def report(faults, inventory) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pyinfra_backup.report", str(inventory), "--json"], cwd=PROJECT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_5_corrupted_segment_found_by_check_reported_never_fresh(faults):
+    fleet = faults.fleet
+    kept = faults.ledger("host03")
+    data = f"{faults.repo_dir('host03')}/data/0"
+    segment = fleet.run(SERVER, f"cd {data} && ls -S | head -1").stdout.strip()  # the one holding the files' chunks
+    fleet.run(SERVER, f"cp -a {data}/{segment} /root/segment.good && "
+                      f"printf XXXXXXXX | dd of={data}/{segment} bs=1 seek=5000 conv=notrunc status=none")
+    try:
+        checked = faults.backup("--limit", "host03", "--data", "backup_force_check=true")
+        assert checked.returncode != 0
+        assert "Segment entry checksum mismatch" in checked.stdout, checked.stdout
+        assert "[host03] host03: job system: borg check failed (exit status 1)" in checked.stdout
+        entry = faults.freshness()["host03"]["system"]
+        assert entry["status"] == "error" and "the last borg check failed" in entry["error"], entry
+        shown = report(faults, faults.inventory)
+        assert shown.returncode == 1, shown.stdout + shown.stderr
+        assert json.loads(shown.stdout)["hosts"]["host03"]["jobs"]["system"]["status"] == "error"
+        # Until a check passes, every run checks again (the repo is damaged) and fails the host.
+        again = faults.backup("--limit", "host03")
+        assert again.returncode != 0 and "borg check failed" in again.stdout, again.stdout
+    finally:
+        fleet.run(SERVER, f"cp -a /root/segment.good {data}/{segment} && rm /root/segment.good")
+    repaired = faults.backup("--limit", "host03")  # the check passes again: the host is fine
+    assert repaired.returncode == 0, repaired.stdout
+    kept.assert_kept()
+
+
+# --- 9: restore onto a non-empty target ---------------------------------------------------------------
+
+
+def test_9_restore_refuses_a_non_empty_target_unless_told_to_overwrite(faults):
+    fleet = faults.fleet
+    kept = faults.ledger("host04")
+    fleet.run("host04", "rm -rf /srv/busy && mkdir -p /srv/busy/srv/data && echo mine > /srv/busy/keep.txt && "
+                        "echo theirs > /srv/busy/srv/data/hello.txt")
+    refused = faults.pyinfra("tasks.borg.restore", "job=system", "target=/srv/busy", "--limit", "host04")
+    assert refused.returncode != 0 and "not empty" in refused.stdout and "overwrite" in refused.stdout, refused.stdout
+    assert fleet.run("host04", "cat /srv/busy/srv/data/hello.txt").stdout == "theirs\n"  # untouched
+    forced = faults.pyinfra("tasks.borg.restore", "job=system", "target=/srv/busy", "overwrite=true", "--limit", "host04")
+    assert forced.returncode == 0, forced.stdout
+    assert fleet.run("host04", "cat /srv/busy/srv/data/hello.txt").stdout == "hello from host04\n"
+    assert fleet.run("host04", "cat /srv/busy/keep.txt").stdout == "mine\n"  # replaced files only, nothing else
+    kept.assert_kept()
+
+
+# --- 10: an append-only key deletes and prunes; the rollback brings every archive back ----------------
+
+
+def test_10_append_only_delete_and_prune_are_rolled_back_every_archive_extractable(faults):
+    fleet = faults.fleet
+    if len(faults.archives("host05")) < 2:  # (scenario 1 made a second one)
+        assert faults.backup("--limit", "host05", "--data", "backup_force=true").returncode == 0
+    names = faults.archives("host05")
+    kept = faults.ledger("host05")
+    before = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")
+    time.sleep(0.2)
+    client_borg = f"BORG_PASSCOMMAND='cat /root/borg-pass' BORG_RSH='{CLIENT_RSH}' borg"
+    repo = f"borg@{fleet.host(SERVER).address}:."
+    fleet.run("host05", f"{client_borg} delete {repo}::{names[0]} && {client_borg} prune --keep-last 1 {repo}")
+    assert faults.archives("host05") == names[-1:]  # borg appears to obey the client's append-only key...
+
+    run = faults.pyinfra("tasks.borg.rollback", "repo=host05", f"before={before}", "--limit", SERVER)
+    assert run.returncode == 0, run.stdout
+    repo_id = fleet.run(SERVER, f"sed -n 's/^id = //p' {faults.repo_dir('host05')}/config").stdout.strip()
+    base = faults.env["BORG_BASE_DIR"]
+    subprocess.run(["rm", "-rf", f"{base}/.config/borg/security/{repo_id}", f"{base}/.cache/borg/{repo_id}"], check=True)
+    assert faults.archives("host05") == names  # ...but the rollback brings every archive back
+    for name in names:
+        data = faults.borg("host05", "extract", "--stdout", f"{{repo}}::{name}", "srv/data/hello.txt")
+        assert data.stdout == "hello from host05\n"
+    forget = faults.pyinfra("tasks.borg.forget_repo_state", "job=system", "--limit", "host05")
+    assert forget.returncode == 0, forget.stdout
+    again = faults.backup("--limit", "host05", "--data", "backup_force=true")
+    assert again.returncode == 0, again.stdout
+    kept.assert_kept()
+
+
+# --- 12: the backup server's host key changed ---------------------------------------------------------
+
+
+def served_key(faults) -> str:
+    scan = subprocess.run(["ssh-keyscan", "-t", "ed25519", faults.fleet.host(SERVER).address], capture_output=True, text=True)
+    return scan.stdout.split()[-1] if scan.stdout.strip() else ""
+
+
+def test_12_a_changed_server_host_key_is_refused_by_every_client_and_nothing_is_sent(faults):
+    fleet = faults.fleet
+    kept = {name: faults.ledger(name) for name in CLIENTS}
+    files = {name: faults.repo_files(name) for name in CLIENTS}
+
+    # (a) A man in the middle for the clients only: their packets for the server's address go to an impostor
+    # (a host of its own holding that address, with its own host key); the operator still reaches the server.
+    server, mitm = fleet.host(SERVER).address, fleet.add("mitm").address
+    try:
+        fleet.run("mitm", f"ip addr add {server}/32 dev lo && /usr/sbin/sshd -f /etc/ssh/sshd_config "
+                          f"-o ListenAddress={server} -o PidFile=/run/mitm.pid -E /var/log/mitm.log")
+        for name in CLIENTS:
+            fleet.run(name, f"ip route add {server}/32 via {mitm} dev pbk-eth0")
+        intercepted = faults.backup("--data", "backup_force=true")
+        impostor_log = fleet.run("mitm", "cat /var/log/mitm.log").stdout
+    finally:
+        for name in CLIENTS:
+            fleet.run(name, f"ip route del {server}/32", check=False)
+        fleet.remove("mitm")
+    assert intercepted.returncode != 0
+    # borg relays ssh's "Host key verification failed" only when it reads ssh's stderr before it sees the
+    # connection closed (a race inside borg): the reason is either.
+    refused = r"the server's SSH host key does not match the pinned one|the repo server is unreachable \(Connection closed"
+    for name in CLIENTS:
+        assert re.search(rf"\[{name}\] {name}: job system: ({refused})", intercepted.stdout), host_lines(intercepted, name)
+        assert f"Connection from {fleet.host(name).address} " in impostor_log  # each client did reach the impostor...
+    assert "userauth-request" not in impostor_log and "Accepted" not in impostor_log, impostor_log  # ...and sent no key
+
+    # (b) The server's own host key replaced: SIGHUP makes its sshd (PID 1 of its PID namespace) re-exec with it.
+    old_key = served_key(faults)
+    fleet.run(SERVER, "cd /etc/ssh && mv ssh_host_ed25519_key /root/hostkey && mv ssh_host_ed25519_key.pub /root/hostkey.pub && "
+                      "ssh-keygen -q -t ed25519 -N '' -f ssh_host_ed25519_key && kill -HUP 1")
+    try:
+        wait_for(lambda: served_key(faults) not in ("", old_key), 10, "sshd with the new key")
+        offset = sshd_log_size(faults)
+        run = faults.backup("--data", "backup_force=true")
+        # The client's own borg, as its timer would run it: the job's environment (pinned key, strict checking).
+        planned = plan_jobs("host01", faults.client_data("host01"),
+                            {SERVER: Server.from_data(SERVER, {**fleet.connection_data(SERVER), **faults.server_data})})[0]
+        create = create_argv(planned.job, "host01-system", planned.location.url)
+        env = borg_env(planned.job, planned.location)
+        direct = fleet.run("host01", with_env(env, create), check=False)
+        ssh = fleet.run("host01", f"{env['BORG_RSH']} {planned.location.url.removesuffix(':.')} true </dev/null", check=False)
+        log = sshd_log_since(faults, offset)
+    finally:
+        fleet.run(SERVER, "cd /etc/ssh && mv /root/hostkey ssh_host_ed25519_key && mv /root/hostkey.pub ssh_host_ed25519_key.pub && "
+                          "kill -HUP 1")
+        wait_for(lambda: served_key(faults) == old_key, 10, "the old host key back")
+    assert run.returncode != 0
+    assert "[backup] SSH host key error" in run.stdout, run.stdout  # the operator refuses the server...
+    for name in CLIENTS:  # ...so no client pins the new key or runs borg
+        assert re.search(rf"\[{name}\] {name}: backup is unreachable", run.stdout), run.stdout
+    # borg fails; its message has ssh's reason when borg read it in time (the race of (a)); its ssh command says it
+    assert direct.returncode == 2 and re.search("Host key verification failed|Connection closed by remote host", direct.stderr)
+    assert ssh.returncode == 255 and "Host key verification failed" in ssh.stderr, ssh.stderr
+    assert "userauth-request" not in log and "Accepted" not in log, log  # no key offered, nothing sent
+
+    for name in CLIENTS:
+        assert faults.repo_files(name) == files[name]  # not one segment written
+        kept[name].assert_kept()
+
+
+# --- 11: secret hygiene, over every run of this file --------------------------------------------------
+
+
+def test_11_secrets_never_in_argv_output_or_logs(faults):
+    run = faults.backup("-vvv", "--data", "backup_force=true", "--limit", "host01")
+    assert run.returncode == 0, run.stdout
+    assert any(" create " in argv and "borg" in argv for argv in faults.argv_samples.seen)  # we looked while borg ran
+    logs = {name: faults.fleet.run(name, "cat /var/log/sshd.log /var/lib/pyinfra-backup/jobs/*/*", check=False).stdout
+            for name in [*CLIENTS, SERVER]}
+    for label, secret in faults.secrets().items():
+        assert not any(secret in argv for argv in faults.argv_samples.seen), f"{label} in a process's argv"
+        assert not any(secret in output for output in faults.outputs), f"{label} in pyinfra output"
+        assert not any(secret in text for text in logs.values()), f"{label} in a log"
