@@ -238,8 +238,9 @@ class Env:
 
 
 def created(proc: subprocess.CompletedProcess, clients: int) -> None:
-    """The run's results table must say that `borg create` succeeded on every client."""
-    m = re.search(rf"^\s*borg create {JOB}\s+(\d+)\s+(\d+)\s", proc.stdout, re.M)
+    """The run's results table must say that the backup operation (whose create, forced or due in
+    these runs, fails it when borg fails) succeeded on every client."""
+    m = re.search(rf"^\s*Backup jobs: {JOB}\s+(\d+)\s+(\d+)\s", proc.stdout, re.M)
     if not m or int(m.group(2)) != clients:
         raise BenchError(f"borg create did not succeed on all {clients} clients:\n{proc.stdout[-6000:]}")
 
