@@ -11,7 +11,7 @@ host key, and the repo is initialised. A second run right after changes nothing.
 
 from pyinfra import host, inventory
 
-from facts.borg import fleet_servers, host_plan
+from facts.borg import fleet_servers, has_backup_key, host_plan, read_clients_at_once
 from pyinfra_backup.validate import require_valid_inventory
 from tasks import backup, borg, offsite
 
@@ -21,8 +21,10 @@ plan = host_plan(host, inventory)
 enrolled = any(planned.server for planned in plan)
 
 # Order matters: the key exists before the server authorises it, and the server is set up
-# before the client pins its host keys and reaches its repo (both in `backup.run`).
-if enrolled:
+# before the client pins its host keys and reaches its repo (both in `backup.run`). Every
+# client is read once, all at once, now: only hosts without their key get the key operation.
+read_clients_at_once()
+if enrolled and not has_backup_key(host):
     borg.backup_key(name="Backup key")
 if host.name in fleet_servers(inventory):
     borg.repo_server(name="Repo server: users, repo directories, authorized_keys")
@@ -31,7 +33,7 @@ if plan:
 
 # Last: a server with borgbackup.offsite copies its repos offsite. pyinfra orders the operations
 # of all hosts in layers of each host's own sequence (then by line): the copy, second in the
-# server's sequence, runs after `backup`, second in every enrolled client's (see the offsite fleet
-# test). An operation added before `backup` in the clients' sequence must come before the copy here.
+# server's sequence, runs after `backup.run`, first or second in every client's (see the offsite
+# fleet test). An operation added before `backup.run` in a client's sequence must not be later here.
 if offsite.configured(host):
     offsite.copy(name="Offsite copy of the repos (rclone)")

@@ -15,8 +15,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from collections.abc import Mapping
 
+import gevent
+import gevent.event
 from gevent.lock import RLock
 from pyinfra import context
+from pyinfra.context import ctx_host, ctx_state
 from pyinfra.api import FactBase
 
 from pyinfra_backup.borg import (
@@ -249,6 +252,35 @@ def client_state(host) -> ClientState:
         plan = host_plan(host, context.state.inventory)
         cache["client"] = host.get_fact(BorgClient, plan=plan, textfile=textfile_path(host))
     return cache["client"]
+
+
+def read_clients_at_once() -> None:
+    """Read every backup client of the run (`client_state`) in parallel, once per run, while the
+    deploy is prepared: a deploy can then leave out what no host needs (a backup key operation on
+    hosts that have their key). pyinfra prepares hosts concurrently: the others wait for the
+    reads. A host whose read fails is left to the operation that reads it again (it fails alone)."""
+    state = ctx_state.get()
+    done = getattr(state, "_pyinfra_backup_clients_read", None)
+    if done is None:
+        done = state._pyinfra_backup_clients_read = gevent.event.Event()
+
+        def read(host):
+            with ctx_host.use(host):
+                try:
+                    client_state(host)
+                except Exception:  # noqa: BLE001 (the operation reports it, for this host only)
+                    pass
+
+        hosts = [host for host in state.inventory.get_active_hosts() if host_plan(host, state.inventory)]
+        gevent.joinall([gevent.spawn(read, host) for host in hosts])  # not state.pool: its slots are the deploys waiting here
+        done.set()
+    done.wait()
+
+
+def has_backup_key(host) -> bool | None:
+    """Whether this run's view of the client has its backup key; None when it could not be read."""
+    client = _cache(host).get("client")
+    return None if client is None else client.key is not None
 
 
 def textfile_path(host) -> str | None:
