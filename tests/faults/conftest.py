@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.fleet import Fleet
-from tests.integration.helpers import DATA_SETUP, TREE, operator_borg, pyinfra
+from tests.integration.helpers import DATA_SETUP, TREE, borg_job, operator_borg, pyinfra
 
 CLIENTS = ["host01", "host02", "host03", "host04", "host05"]
 SERVER = "backup"
@@ -32,14 +32,7 @@ CLIENT_SECRETS = ("/root/borg-pass", "/var/lib/pyinfra-backup/ssh/id_ed25519", "
 
 
 def job(**extra) -> dict:
-    return {
-        "paths": ["/srv/data"],
-        "repo": f"borg@{SERVER}:.",
-        "encryption": {"mode": "repokey-blake2", "passCommand": "cat /root/borg-pass"},
-        "startAt": "daily",
-        "checks": {"frequency": "30d"},
-        **extra,
-    }
+    return borg_job(SERVER, **extra)
 
 
 class Faults:

@@ -44,6 +44,18 @@ def operator_borg(setup: dict, client: str, *args: str, check: bool = True):
     return subprocess.run(argv, env=env, capture_output=True, text=True, check=check)
 
 
+def borg_job(server: str = "backup", **extra) -> dict:
+    """The fleet tests' usual job: /srv/data to the client's repo on `server`, passphrase in /root/borg-pass."""
+    return {
+        "paths": ["/srv/data"],
+        "repo": f"borg@{server}:.",
+        "encryption": {"mode": "repokey-blake2", "passCommand": "cat /root/borg-pass"},
+        "startAt": "daily",
+        "checks": {"frequency": "30d"},
+        **extra,
+    }
+
+
 def tree(fleet, name: str, path: str) -> str:
     """`TREE` of `path` inside a fleet host: equal trees print the same text."""
     return fleet.run(name, TREE.format(path)).stdout

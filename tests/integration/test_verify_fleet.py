@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tests.fleet import Fleet
-from tests.integration.helpers import pyinfra
+from tests.integration.helpers import borg_job, pyinfra
 
 pytestmark = pytest.mark.fleet
 
@@ -34,15 +34,8 @@ umask 077 && printf '%s' "$PASS" > /root/borg-pass
 SEGMENT = "ls -S /var/lib/borgbackup/host02/data/*/* | head -n 1"  # the biggest segment: file data
 
 
-def job(**extra):
-    return {
-        "paths": ["/srv/data"],
-        "repo": f"borg@{SERVER}:.",
-        "encryption": {"mode": "repokey-blake2", "passCommand": "cat /root/borg-pass"},
-        "startAt": "daily",
-        "checks": {"frequency": "30d"},
-        **extra,
-    }
+def job(**extra) -> dict:
+    return borg_job(SERVER, **extra)
 
 
 @pytest.fixture(scope="module")
