@@ -221,3 +221,18 @@ def test_freshness_fact_reports_every_job(setup):
         assert entry["status"] == "fresh" and entry["due"] is False and entry["error"] is None
         assert entry["last_archive"].startswith(f"{client}-system-") and entry["age_seconds"] < 3600
     assert data["backup"] == {}
+
+
+def test_one_failing_job_does_not_stop_the_hosts_other_jobs(setup):
+    fleet = setup["fleet"]
+    data = {name: setup["client_data"](name) for name in CLIENTS}
+    broken = job(encryption={"mode": "repokey-blake2", "passCommand": "false"})  # sorts before "system": runs first
+    data["host01"]["borgbackup"]["jobs"] = {"broken": broken, "system": job()}
+    inventory = fleet.write_inventory(setup["tmp"] / "inventory-broken-job.py", {**data, "backup": setup["server_data"]},
+                                      {"clients": CLIENTS, "servers": ["backup"]})
+    before = archives(setup, "host01")
+    run = pyinfra(inventory, "deploys/backup.py", "--data", "backup_force=system", env=setup["env"])
+    assert run.returncode != 0 and re.search(r"\[host01\].*job broken", run.stdout), run.stdout
+    after = archives(setup, "host01")
+    assert after and after[-1] not in before  # the system job, after the broken one, still made its archive
+    assert fleet.run("host01", "test -s /var/lib/pyinfra-backup/jobs/broken/last-attempt", check=False).returncode == 0
