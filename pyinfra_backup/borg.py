@@ -223,6 +223,11 @@ def extract_argv(job: Job, url: str, archive: str, paths: tuple[str, ...] = (), 
     return [*_borg(job, "extract"), "--numeric-ids", *options, f"{url}::{archive}", *paths]
 
 
+def items_argv(job: Job, url: str, archive: str) -> list[str]:
+    """Every item of an archive as JSON lines, with its sha256 (borg computes it from the chunks)."""
+    return [*_borg(job, "list"), "--json-lines", "--format", "{sha256}", f"{url}::{archive}"]
+
+
 def export_tar_argv(job: Job, url: str, archive: str, paths: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> list[str]:
     """`borg export-tar` of an archive (or some of its paths, less `exclude` patterns) to stdout: a
     restore relayed by the operator's machine (pyinfra_backup/relay.py)."""

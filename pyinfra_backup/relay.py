@@ -57,8 +57,8 @@ def unpack_script(target: str, archive: str, marker: str) -> str:
     return "\n".join([
         "set -eu",
         f"target={sh_join([target])}; aside={sh_join([aside])}; marker={sh_join([marker])}",
-        f"mkdir -p -m 0700 {RELAY_DIR} && mkdir -p \"$target\"",
-        f"stage=$(mktemp -d {RELAY_DIR}/stage.XXXXXX); trap 'rm -rf \"$stage\"' EXIT; mkdir \"$stage/root\"",
+        f"relay={sh_join([RELAY_DIR])}; mkdir -p -m 0700 \"$relay\" && mkdir -p \"$target\"",
+        "stage=$(mktemp -d \"$relay/stage.XXXXXX\"); trap 'rm -rf \"$stage\"' EXIT; mkdir \"$stage/root\"",
         # The archive's members as tar names them: the directories tar made for their parents are
         # not members, and must not overwrite the target's own (nor the staging dir, "/" itself).
         'tar -x -p --numeric-owner -v --quoting-style=literal -f - -C "$stage/root" > "$stage/members"',

@@ -16,15 +16,14 @@ import time
 from pyinfra import host, inventory, logger
 from pyinfra.api import FunctionCommand, StringCommand
 
-from facts.borg import client_state, host_plan
+from facts.borg import host_plan
 from facts.git import host_config
 from facts.nixos import NixosGenerations
 from facts.recover import ConfigCheckout
 from facts.state import StateDigest
-from pyinfra_backup.borg import list_argv, parse_list
+from pyinfra_backup.borg import items_argv
 from pyinfra_backup.dumps import DataSpec
 from pyinfra_backup.recovery import Step, Summary, bundle_argv, checkout_script, resolve_argv
-from pyinfra_backup.relay import pick_archive
 from pyinfra_backup.state import parse_archive_output
 from tasks import data, nixos, operator, relay
 from tasks.common import HostError, host_operation
@@ -153,13 +152,12 @@ def job_data():
 
 def _archived_state(job: str, archive: str) -> tuple[str, dict]:
     """The state archive's name and items (with sha256), read with the operator's borg."""
-    planned = next(p for p in host_plan(host, inventory) if p.job.name == job)
-    where = operator.location(host, planned)
-    secret = operator.passphrase(host, planned)
-    listing = parse_list(operator.run_borg(planned, where, list_argv(planned.job, where), secret), 0, "")
-    name = pick_archive(listing, planned.job.base_name(client_state(host).hostname), archive)
-    argv = ["borg", "list", "--json-lines", "--format", "{sha256}", f"{where.url}::{name}"]
-    return name, parse_archive_output(["::items", *operator.run_borg(planned, where, argv, secret).splitlines()])[1]
+    planned, where, secret, name = relay.operator_archive(job, archive)
+    try:
+        items = operator.run_borg(planned, where, items_argv(planned.job, where.url, name), secret)
+    except operator.OperatorError as error:
+        raise HostError(f"{host.name}: verify: {error}") from None
+    return name, parse_archive_output(["::items", *items.splitlines()])[1]
 
 
 @host_operation
@@ -187,10 +185,7 @@ def verify():
     started, problems, source = time.monotonic(), [], []
     job = state_job()
     if job and (planned := next((p for p in host_plan(host, inventory) if p.job.name == job), None)) and planned.server:
-        try:
-            name, archived = _archived_state(job, host.data.get("recover_state_archive") or "state")
-        except (operator.OperatorError, ValueError) as error:
-            raise HostError(f"{host.name}: verify: job {job}: {error}") from None
+        name, archived = _archived_state(job, host.data.get("recover_state_archive") or "state")
         live = host.get_fact(StateDigest, paths=sorted("/" + path for path in archived), job=job, literal=True)
         differ = sorted(path for path, entry in archived.items() if live.entries.get(path) != entry)
         problems += [f"/{path} differs from {name}" for path in differ]

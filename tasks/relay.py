@@ -19,7 +19,7 @@ import tempfile
 from pyinfra import host, inventory, logger
 from pyinfra.api import FunctionCommand
 
-from facts.borg import RestoreTarget, client_state, host_plan
+from facts.borg import RestoreTarget, client_state, forget, host_plan
 from pyinfra_backup.borg import STAMP, export_tar_argv, list_argv, parse_list
 from pyinfra_backup.relay import REPLACED_DIR, pick_archive, unpack_script
 from tasks import operator
@@ -56,10 +56,30 @@ def _relay(state, host, planned, where, secret: Hidden, name: str, paths: tuple[
         host.log_styled(f"unpacking {name} on the host failed: {piped.errors.strip() or piped.status}", fg="red",
                         log_func=logger.error)
         return False
+    forget(host)  # the host's files changed (its backup identity too, from a state archive)
     for line in piped.output.splitlines():
         host.log_styled(line, log_func=logger.info)
     host.log_styled(f"relayed {name}: {piped.sent / 1e6:.1f} MB in {piped.seconds:.1f}s", log_func=logger.info)
     return True
+
+
+def operator_archive(job: str, archive: str):
+    """(planned job, the operator's location, passphrase, archive name) for `archive` of the job
+    (`latest`, `state` or a name), as the operator's borg sees the repo; HostError when it cannot."""
+    planned = next((p for p in host_plan(host, inventory) if p.job.name == job), None)
+    if planned is None:
+        raise HostError(f"{host.name}: borgbackup.jobs.{job}: no such job")
+    if planned.server is None:
+        raise HostError(f"{host.name}: job {job}: its repo is not on a fleet server; "
+                        "a relayed restore needs the operator's key (use tasks.borg.restore on the host)")
+    where = operator.location(host, planned)
+    try:
+        secret = operator.passphrase(host, planned)
+        listing = parse_list(operator.run_borg(planned, where, list_argv(planned.job, where), secret), 0, "")
+        name = pick_archive(listing, planned.job.base_name(client_state(host).hostname), archive)
+    except (operator.OperatorError, ValueError) as error:
+        raise HostError(f"{host.name}: job {job}: {error}") from None
+    return planned, where, secret, name
 
 
 @host_operation
@@ -74,21 +94,9 @@ def restore(job: str, archive: str = "latest", target: str = "/", paths: list[st
 
     Example: `restore(job="system", archive="state", overwrite=True)` on a freshly installed host.
     """
-    planned = next((p for p in host_plan(host, inventory) if p.job.name == job), None)
-    if planned is None:
-        raise HostError(f"{host.name}: borgbackup.jobs.{job}: no such job")
-    if planned.server is None:
-        raise HostError(f"{host.name}: job {job}: its repo is not on a fleet server; "
-                        "a relayed restore needs the operator's key (use tasks.borg.restore on the host)")
     if not target.startswith("/"):
         raise HostError(f"{host.name}: restore target must be an absolute path, got {target!r}")
-    where = operator.location(host, planned)
-    try:
-        secret = operator.passphrase(host, planned)
-        listing = parse_list(operator.run_borg(planned, where, list_argv(planned.job, where), secret), 0, "")
-        name = pick_archive(listing, planned.job.base_name(client_state(host).hostname), archive)
-    except (operator.OperatorError, ValueError) as error:
-        raise HostError(f"{host.name}: job {job}: {error}") from None
+    planned, where, secret, name = operator_archive(job, archive)
     series = f"{target}#{re.sub('-' + STAMP + '$', '', name)}"  # identity and data both go to /: one marker each
     current = host.get_fact(RestoreTarget, path=target, key=series)
     if current.entries and current.restored == name:
