@@ -13,6 +13,10 @@ traceback) and exits 1, and no host is changed.
 Messages read ``<host>: <key path>: expected <what>, got <value>``, the key path dotted
 (``borgbackup.jobs.system.prune.keep.daily``). The wording of an expectation lives in the schema, next to
 the rule, as the ``x-expected`` annotation.
+
+An inventory found valid is remembered by a digest of its data, the schema and this code, under
+``$PYINFRA_BACKUP_CACHE/valid`` (default ``~/.cache/pyinfra-backup/valid``): the next run with the same
+data skips validation.
 """
 
 from __future__ import annotations
@@ -21,7 +25,10 @@ import base64
 import binascii
 import difflib
 import functools
+import hashlib
+import importlib.util
 import json
+import os
 import re
 import reprlib
 import struct
@@ -29,8 +36,6 @@ from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
 
-import jsonschema
-from jsonschema import Draft202012Validator, FormatChecker
 from pyinfra.api.exceptions import PyinfraError
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "inventory" / "schema.json"
@@ -162,14 +167,6 @@ FORMATS = {
 
 # --- the validator ----------------------------------------------------------------------------------
 
-_TYPES = Draft202012Validator.TYPE_CHECKER.redefine_many({
-    "array": lambda _, value: isinstance(value, (list, tuple)),
-    "object": lambda _, value: isinstance(value, Mapping),
-    "integer": lambda _, value: isinstance(value, int) and not isinstance(value, bool),
-})
-_Validator = jsonschema.validators.extend(Draft202012Validator, type_checker=_TYPES)
-
-
 def _format(check):
     def accepts(value) -> bool:  # the format check must return True; non-strings are left to "type"
         if isinstance(value, str):
@@ -181,10 +178,18 @@ def _format(check):
 
 @functools.cache
 def _validator():
-    checker = FormatChecker(formats=())
+    import jsonschema  # lazy: ~60 ms of imports, not needed when the inventory was validated before
+
+    types = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine_many({
+        "array": lambda _, value: isinstance(value, (list, tuple)),
+        "object": lambda _, value: isinstance(value, Mapping),
+        "integer": lambda _, value: isinstance(value, int) and not isinstance(value, bool),
+    })
+    checker = jsonschema.FormatChecker(formats=())
     for name, check in FORMATS.items():
         checker.checks(name, raises=ValueError)(_format(check))
-    return _Validator(load_schema(), format_checker=checker)
+    validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=types)
+    return validator(load_schema(), format_checker=checker)
 
 
 # --- messages ---------------------------------------------------------------------------------------
@@ -355,22 +360,70 @@ def _problems(fingerprint: str, data: Mapping, fleet_jobs: tuple[str, ...] = ())
     return _SEEN[fingerprint]
 
 
-def inventory_errors(inventory) -> list[str]:
-    """Problems of every host of a pyinfra Inventory, each host seeing its merged data (override, host,
-    groups, all)."""
+def _fleet_data(inventory) -> tuple[dict[str, Mapping], tuple[str, ...]]:
+    """Each host's merged data (override, host, groups, all) and the job names of the whole inventory."""
     data = {host.name: host.data.dict() for host in inventory}
     fleet_jobs = tuple(sorted({
         job for values in data.values() if isinstance(values.get("borgbackup"), Mapping)
         and isinstance(values["borgbackup"].get("jobs"), Mapping) for job in values["borgbackup"]["jobs"]
     }))
+    return data, fleet_jobs
+
+
+def inventory_errors(inventory) -> list[str]:
+    """Problems of every host of a pyinfra Inventory."""
+    data, fleet_jobs = _fleet_data(inventory)
     return [line for name, values in data.items() for line in host_data_errors(name, values, fleet_jobs)]
+
+
+# --- inventories found valid before -----------------------------------------------------------------
+# A run whose host data, schema and validation code are exactly those of an earlier valid run skips the
+# validation (and the import of jsonschema, ~60 ms): a marker file named by the digest of all of them.
+# Only valid inventories are remembered; a problem is always found and reported afresh.
+
+CACHE_DIR = Path(os.environ.get("PYINFRA_BACKUP_CACHE")
+                 or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pyinfra-backup") / "valid"
+_KEEP_MARKERS = 256
+_CODE = (Path(__file__), SCHEMA_PATH, Path(__file__).with_name("schedule.py"))
+_LIBRARIES = ("jsonschema", "pyrage")
+
+
+def _inventory_digest(inventory) -> str:
+    """Of the validation code, the installed validators and every host's fingerprint (by name)."""
+    digest = hashlib.sha256()
+    for path in _CODE:
+        digest.update(path.read_bytes())
+    for name in _LIBRARIES:
+        spec = importlib.util.find_spec(name)
+        where = spec.origin if spec and spec.origin else "-"
+        stat = os.stat(where) if where != "-" else None
+        digest.update(f"{where}:{stat and stat.st_mtime_ns}:{stat and stat.st_size}".encode())
+    data, fleet_jobs = _fleet_data(inventory)
+    for name, values in sorted(data.items()):
+        digest.update(f"\0{name}\0{_fingerprint(values, fleet_jobs)}".encode())
+    return digest.hexdigest()
+
+
+def _remember_valid(digest: str) -> None:
+    """Atomically add the marker; keep the newest markers only. A cache that cannot be written is skipped."""
+    try:
+        CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        temporary = CACHE_DIR / f".{digest}.{os.getpid()}"
+        temporary.touch()
+        temporary.replace(CACHE_DIR / digest)
+        markers = sorted(CACHE_DIR.iterdir(), key=lambda path: path.stat().st_mtime_ns)
+        for old in markers[:-_KEEP_MARKERS]:
+            old.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def require_valid_inventory(state=None) -> None:
     """Stop the run (InvalidHostData) unless every host of the inventory has valid data.
 
     Call it at the top of every deploy file. The first call of a run validates all hosts and remembers the
-    result on the state object, so the other hosts' calls cost nothing."""
+    result on the state object, so the other hosts' calls cost nothing. An inventory found valid before,
+    with the same code and schema, is not validated again (see CACHE_DIR)."""
     if state is None:
         from pyinfra.context import ctx_state
 
@@ -379,7 +432,13 @@ def require_valid_inventory(state=None) -> None:
             raise RuntimeError("require_valid_inventory() runs inside a pyinfra deploy (no pyinfra state)")
     errors = getattr(state, _MEMO, None)
     if errors is None:
-        errors = inventory_errors(state.inventory)
+        digest = _inventory_digest(state.inventory)
+        if (CACHE_DIR / digest).exists():
+            errors = []
+        else:
+            errors = inventory_errors(state.inventory)
+            if not errors:
+                _remember_valid(digest)
         setattr(state, _MEMO, errors)
     if errors:
         raise InvalidHostData(

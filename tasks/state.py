@@ -23,8 +23,6 @@ from pyinfra.api import FunctionCommand, StringCommand
 from pyinfra.facts.server import Hostname
 
 from facts.state import StateArchive, StateDigest
-from pyinfra_backup.age import Recipient
-from pyinfra_backup.agenix import atomic_write_bytes, encrypt_to
 from pyinfra_backup.borg import TIMESTAMP_FORMAT, borg_env, create_argv, explain_error, extract_argv
 from pyinfra_backup.shell import with_env
 from pyinfra_backup.state import (
@@ -145,6 +143,9 @@ def encrypted_copy():
 
 
 def _write_copy(state, host, roots, recipients, directory: Path, base: str, key: str) -> bool:  # noqa: F811
+    from pyinfra_backup.age import Recipient  # lazy: only hosts with ageRecipients need age
+    from pyinfra_backup.agenix import atomic_write_bytes, encrypt_to
+
     ok, output = host.run_shell_command(StringCommand(tar_command(roots)), print_output=False)
     try:
         tarball = base64.b64decode("".join(output.stdout_lines), validate=True) if ok else b""

@@ -406,6 +406,26 @@ class _State:
         self.inventory = hosts
 
 
+@pytest.fixture(autouse=True)
+def _validation_cache(tmp_path, monkeypatch):
+    """Each test its own cache of inventories found valid."""
+    from pyinfra_backup import validate
+
+    monkeypatch.setattr(validate, "CACHE_DIR", tmp_path / "valid")
+    return tmp_path / "valid"
+
+
+@pytest.fixture
+def validations(monkeypatch) -> list:
+    """One item per run of the schema validator; the in-process memo emptied."""
+    from pyinfra_backup import validate
+
+    calls, real = [], validate._validator
+    monkeypatch.setattr(validate, "_validator", lambda: calls.append(1) or real())
+    monkeypatch.setattr(validate, "_SEEN", {})
+    return calls
+
+
 def test_require_valid_inventory_validates_every_host_once():
     bad = job(prune={"keep": {"daily": -2}})
     state = _State([_Host("host01", SEED), _Host("host02", bad), _Host("host03", job(compression="gzip"))])
@@ -425,6 +445,53 @@ def test_require_valid_inventory_passes_valid_fleet():
     state = _State([_Host("host01", SEED), _Host("server", {"borgbackup": NIX_EXPORT})])
     require_valid_inventory(state)
     require_valid_inventory(state)
+
+
+def test_an_inventory_found_valid_is_not_validated_again_until_its_data_or_the_code_changes(
+        validations, _validation_cache, monkeypatch, tmp_path):
+    from pyinfra_backup import validate
+
+    def validated(hosts) -> int:
+        """How many distinct host data the run validated."""
+        before = len(validations)
+        validate._SEEN.clear()  # a new pyinfra run: only the cache on disk remains
+        require_valid_inventory(_State(hosts))
+        return len(validations) - before
+
+    fleet = [_Host("host01", SEED), _Host("server", {"borgbackup": NIX_EXPORT})]
+    assert validated(fleet) == 2 and len(list(_validation_cache.iterdir())) == 1
+    assert validated(fleet) == 0  # same data, same code: remembered
+    assert validated([_Host("host01", job(compression="zstd,3")), fleet[1]]) == 2  # a changed value
+    assert validated([*fleet, _Host("host02", SEED)]) == 2  # a new host (its data is host01's)
+    changed_code = tmp_path / "validate.py"
+    changed_code.write_text("# another version of the checks\n")
+    monkeypatch.setattr(validate, "_CODE", (*validate._CODE[1:], changed_code))
+    assert validated(fleet) == 2
+    assert validated(fleet) == 0
+
+
+def test_an_invalid_inventory_is_never_remembered(validations, _validation_cache):
+    from pyinfra_backup import validate
+
+    bad = [_Host("host01", job(prune={"keep": {"daily": -2}}))]
+    for _ in range(2):
+        validate._SEEN.clear()
+        with pytest.raises(InvalidHostData, match="keep.daily"):
+            require_valid_inventory(_State(bad))
+    assert len(validations) == 2
+    assert not _validation_cache.exists()
+
+
+def test_an_unwritable_cache_only_costs_the_validation(validations, monkeypatch, tmp_path):
+    from pyinfra_backup import validate
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setattr(validate, "CACHE_DIR", blocker / "valid")  # under a file: mkdir fails
+    for _ in range(2):
+        validate._SEEN.clear()
+        require_valid_inventory(_State([_Host("host01", SEED)]))
+    assert len(validations) == 2
 
 
 def test_require_valid_inventory_outside_pyinfra():
@@ -470,18 +537,10 @@ def test_pyinfra_run_proceeds_on_valid_data(tmp_path):
     assert marker.exists()
 
 
-def test_hosts_sharing_their_data_are_validated_once_and_each_named(monkeypatch):
+def test_hosts_sharing_their_data_are_validated_once_and_each_named(validations):
     from pyinfra_backup import validate
 
-    calls = []
-    real = validate._validator
-
-    def counting():
-        calls.append(1)
-        return real()
-
-    monkeypatch.setattr(validate, "_validator", counting)
-    monkeypatch.setattr(validate, "_SEEN", {})
+    calls = validations
     bad = {"borgbackup": {"jobs": {"system": {**SEED_JOB, "prune": {"keep": {"daily": -2}}}}}}
     first = validate.host_data_errors("h1", {**bad, "ssh_hostname": "10.0.0.1", "note": {"free": 1}})
     second = validate.host_data_errors("h2", {**bad, "ssh_hostname": "10.0.0.2", "note": {"free": 2}})
