@@ -11,7 +11,7 @@ host key, and the repo is initialised. A second run right after changes nothing.
 
 from pyinfra import host, inventory
 
-from facts.borg import fleet_servers, has_backup_key, host_plan, read_clients_at_once
+from facts.borg import fleet_servers, has_backup_key, host_plan, read_fleet_at_once
 from pyinfra_backup.validate import require_valid_inventory
 from tasks import backup, borg, offsite
 
@@ -22,8 +22,8 @@ enrolled = any(planned.server for planned in plan)
 
 # Order matters: the key exists before the server authorises it, and the server is set up
 # before the client pins its host keys and reaches its repo (both in `backup.run`). Every
-# client is read once, all at once, now: only hosts without their key get the key operation.
-read_clients_at_once()
+# client and server is read once, all at once, now: only hosts without their key get the key operation.
+read_fleet_at_once()
 if enrolled and not has_backup_key(host):
     borg.backup_key(name="Backup key")
 if host.name in fleet_servers(inventory):

@@ -25,7 +25,7 @@ from pyinfra.api import FactBase
 from pyinfra_backup.borg import (
     BACKUP_KEY, KNOWN_HOSTS, STATE_DIR, RepoListing, borg_env, list_argv, parse_list,
 )
-from pyinfra_backup.enrollment import PlannedJob, Server, plan_jobs
+from pyinfra_backup.enrollment import PlannedJob, Server, plan_jobs, repo_accounts, server_repos
 from pyinfra_backup.metrics import TEXTFILE_NAME
 from pyinfra_backup.records import JobRecords, parse_records, read_sections
 from pyinfra_backup.schedule import Schedule
@@ -251,30 +251,50 @@ def client_state(host) -> ClientState:
     if "client" not in cache:
         plan = host_plan(host, context.state.inventory)
         cache["client"] = host.get_fact(BorgClient, plan=plan, textfile=textfile_path(host))
+        cache.setdefault("client at start", cache["client"])
     return cache["client"]
 
 
-def read_clients_at_once() -> None:
-    """Read every backup client of the run (`client_state`) in parallel, once per run, while the
-    deploy is prepared: a deploy can then leave out what no host needs (a backup key operation on
-    hosts that have their key). pyinfra prepares hosts concurrently: the others wait for the
-    reads. A host whose read fails is left to the operation that reads it again (it fails alone)."""
+def client_at_start(host) -> ClientState:
+    """The client as first read in this run, kept by `forget`: for what the run's earlier steps do
+    not change (a create leaves the job's check records as they were)."""
+    return _cache(host).get("client at start") or client_state(host)
+
+
+def read_fleet_at_once() -> None:
+    """Read every backup client (`client_state`) and repo server (`server_state`) of the run in
+    parallel, once per run, while the deploy is prepared: a deploy can then leave out what no host
+    needs (a backup key operation on hosts that have their key), and no operation waits for a
+    read of its own. pyinfra prepares hosts concurrently: the others wait for the reads. A host
+    whose read fails is left to the operation that reads it again (it fails alone)."""
     state = ctx_state.get()
-    done = getattr(state, "_pyinfra_backup_clients_read", None)
+    done = getattr(state, "_pyinfra_backup_fleet_read", None)
     if done is None:
-        done = state._pyinfra_backup_clients_read = gevent.event.Event()
+        done = state._pyinfra_backup_fleet_read = gevent.event.Event()
+        inventory, servers = state.inventory, fleet_servers(state.inventory)
 
         def read(host):
             with ctx_host.use(host):
                 try:
-                    client_state(host)
+                    if host.name in servers:  # the reads `tasks.borg.repo_server` makes
+                        repos = server_repos(servers[host.name], dict.fromkeys(
+                            client.name for client in enrolled_clients(servers[host.name], inventory)))
+                        users, groups, paths = repo_accounts(repos)
+                        server_state(host, users=users, groups=groups, paths=paths)
+                    if host_plan(host, inventory):
+                        client_state(host)
                 except Exception:  # noqa: BLE001 (the operation reports it, for this host only)
                     pass
 
-        hosts = [host for host in state.inventory.get_active_hosts() if host_plan(host, state.inventory)]
+        hosts = [host for host in inventory.get_active_hosts() if host.name in servers or host_plan(host, inventory)]
         gevent.joinall([gevent.spawn(read, host) for host in hosts])  # not state.pool: its slots are the deploys waiting here
         done.set()
     done.wait()
+
+
+def enrolled_clients(server: Server, inventory) -> list:
+    """The hosts of the inventory with a job whose repo is on this server."""
+    return [client for client in inventory if server.name in servers_of(host_plan(client, inventory))]
 
 
 def has_backup_key(host) -> bool | None:
@@ -300,7 +320,7 @@ def server_state(host, users: list[str], groups: list[str], paths: list[str]) ->
 def forget(host) -> None:
     """Drop what we know of a host: an operation of ours is about to change it."""
     cache = _cache(host)
-    for key in [key for key in cache if key != "lock"]:
+    for key in [key for key in cache if key not in ("lock", "client at start")]:
         del cache[key]
     host._pyinfra_backup_changed = True
 

@@ -144,6 +144,17 @@ def server_repos(server: Server, enrolled: Mapping[str, str | None]) -> dict[str
     return repos
 
 
+def repo_accounts(repos: Mapping[str, Mapping]) -> tuple[list[str], list[str], list[str]]:
+    """(users, groups, repo paths) a server needs for these repos: what its state is read for.
+
+    >>> repo_accounts({"host01": {"user": "borg", "path": "/srv/borg/host01"}})
+    (['borg'], ['borg'], ['/srv/borg/host01'])
+    """
+    users = sorted({repo["user"] for repo in repos.values()} or {"borg"})
+    groups = sorted({repo.get("group") or repo["user"] for repo in repos.values()} or {"borg"})
+    return users, groups, sorted(repo["path"] for repo in repos.values())
+
+
 def authorized_keys(repos: Mapping[str, Mapping], operator_keys: tuple[str, ...]) -> dict[str, list[str]]:
     """authorized_keys lines per server user. Operator keys reach every repo of that user
     (`--restrict-to-path` their common base directory), installed once each."""

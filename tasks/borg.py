@@ -20,8 +20,9 @@ from pyinfra.facts.files import Directory
 from pyinfra.facts.server import Home
 
 from facts.borg import (
-    BorgRepoFiles, RestoreTarget, backup_key as client_key, changed_in_run, client_state, fleet_servers, forget, host_keys, host_plan,
-    repo_listings, server_state, servers_of, textfile_path,
+    BorgRepoFiles, RestoreTarget, backup_key as client_key, changed_in_run, client_at_start, client_state,
+    enrolled_clients, fleet_servers, forget, host_keys, host_plan, repo_listings, server_state, servers_of,
+    textfile_path,
 )
 from tasks import operator
 from tasks.common import HostError, host_operation
@@ -30,7 +31,7 @@ from pyinfra_backup.borg import (
     extract_argv, borg_env, explain_errors, init_argv, parse_interval, prune_argv,
 )
 from pyinfra_backup.dumps import DataSpec, create_script
-from pyinfra_backup.enrollment import authorized_keys, installed_keys, repo_serve_command, server_repos
+from pyinfra_backup.enrollment import authorized_keys, installed_keys, repo_accounts, repo_serve_command, server_repos
 from pyinfra_backup.metrics import job_metrics_from_records, render_textfile
 from pyinfra_backup.ping import ping
 from pyinfra_backup.prune import to_prune
@@ -146,17 +147,14 @@ def _server_layout(server_host):
     because it was down during a run)."""
     server = fleet_servers(inventory)[server_host.name]
     enrolled, unreachable = {}, []
-    for client in inventory:
-        if server.name in servers_of(host_plan(client, inventory)):
-            try:
-                enrolled[client.name] = _from_other_host(client, client_key)
-            except Unreachable:
-                unreachable.append(client.name)
-                enrolled[client.name] = None
+    for client in enrolled_clients(server, inventory):
+        try:
+            enrolled[client.name] = _from_other_host(client, client_key)
+        except Unreachable:
+            unreachable.append(client.name)
+            enrolled[client.name] = None
     repos = server_repos(server, enrolled)
-    users = sorted({repo["user"] for repo in repos.values()} or {"borg"})
-    groups = sorted({repo.get("group") or repo["user"] for repo in repos.values()} or {"borg"})
-    paths = sorted(repo["path"] for repo in repos.values())
+    users, groups, paths = repo_accounts(repos)
     current = server_state(server_host, users=users, groups=groups, paths=paths)
     for name in unreachable:
         repo = repos[name]
@@ -382,7 +380,7 @@ def check(job: str):
     planned = _job(job)
     if planned is None:
         return
-    records = client_state(host).records[job]
+    records = client_at_start(host).records[job]  # this run's create (before) leaves them as they were
     if not _forced(job, "backup_force_check") and not (records.check and not records.check.ok):
         if not planned.job.check_frequency:
             host.noop(f"{job}: no checks.frequency")
@@ -439,13 +437,13 @@ def outcome():
 
     Example: `outcome()` after every job's steps.
     """
-    state = client_state(host)
     monitoring = host.data.get("monitoring") or {}
     changed = False
     results = ctx_state.get_results_for_host(host)
     steps = getattr(host, "_pyinfra_backup_step_failures", [])
     failed = bool(results.ignored_error_ops or failed_jobs() or steps)
     path = textfile_path(host)
+    state = client_state(host) if path or failed else None  # read again only when needed (after a create)
     if path and (state.textfile is None or failed or changed_in_run(host)):  # else nothing new to tell
         text = _textfile(state)
         if state.textfile != text:

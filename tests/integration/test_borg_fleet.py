@@ -138,6 +138,24 @@ def test_rerun_changes_nothing_in_one_remote_command_per_host(setup):
     assert re.search(r"\[host01\] .*system: not due: last archive host01-system-\S+ made \d+[smhd] ago", run.stdout), run.stdout
 
 
+def test_a_forced_create_is_the_one_command_after_the_read_when_nothing_else_is_asked(setup):
+    """No prune, checks or metrics: the run reads the host once (while it is prepared), runs create,
+    and reads nothing again afterwards (the check step uses the records read at the start)."""
+    fleet = setup["fleet"]
+    data = {name: setup["client_data"](name) for name in CLIENTS}
+    plain = {key: value for key, value in job().items() if key not in ("prune", "checks")}
+    data["host03"] = {"borgbackup": {**data["host03"]["borgbackup"], "jobs": {"system": plain}}}
+    inventory = fleet.write_inventory(setup["tmp"] / "inventory-plain.py", {**data, "backup": setup["server_data"]},
+                                      {"clients": CLIENTS, "servers": ["backup"]})
+    before, archives_before = fleet.exec_count("host03"), archives(setup, "host03")
+    time.sleep(1)  # archive names have second resolution
+    run = pyinfra(inventory, "deploys/backup.py", "--data", "backup_force=true", "--limit", "host03", "-v", env=setup["env"])
+    assert run.returncode == 0, run.stdout
+    assert fleet.exec_count("host03") - before == 2, run.stdout  # the fact, then create
+    assert len(archives(setup, "host03")) == len(archives_before) + 1
+    assert "system: no checks.frequency" in run.stdout
+
+
 def test_forced_run_stores_a_changed_file_and_prunes_with_the_operator_key(setup):
     fleet = setup["fleet"]
     first = archives(setup, "host01")
