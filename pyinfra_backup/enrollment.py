@@ -21,7 +21,7 @@ import shlex
 from dataclasses import dataclass
 from collections.abc import Mapping
 
-from pyinfra_backup.borg import BACKUP_KEY, KNOWN_HOSTS, Job, Location, ssh_rsh
+from pyinfra_backup.borg import BACKUP_KEY, KNOWN_HOSTS, SERVER_ALIVE_INTERVAL, Job, Location, ssh_rsh
 
 REPO_BASE = "/var/lib/borgbackup"
 SSH_URL = re.compile(r"^ssh://(?:(?P<user>[^@/]+)@)?(?P<host>\[[^\]]+\]|[^:/]+)(?::(?P<port>\d+))?(?P<path>/.*)$")
@@ -68,18 +68,25 @@ def find_server(repo: str, servers: Mapping[str, Server]) -> Server | None:
     return None
 
 
-def client_location(server: Server, client: str) -> Location:
+def alive_interval(data: Mapping) -> int:
+    """`borgbackup.serverAliveInterval` of a host's data (seconds)."""
+    return int((data.get("borgbackup") or {}).get("serverAliveInterval", SERVER_ALIVE_INTERVAL))
+
+
+def client_location(server: Server, client: str, alive: int = SERVER_ALIVE_INTERVAL) -> Location:
     """How the client reaches its repo: the forced `cd` on the server picks the directory."""
     user = server.repo_for(client)["user"]
-    return Location(f"{user}@{server.address}:.", ssh_rsh(BACKUP_KEY, KNOWN_HOSTS, server.port, pinned_only=True))
+    rsh = ssh_rsh(BACKUP_KEY, KNOWN_HOSTS, server.port, pinned_only=True, alive=alive)
+    return Location(f"{user}@{server.address}:.", rsh)
 
 
-def operator_location(server: Server, client: str, identity: str, known_hosts: str) -> Location:
+def operator_location(server: Server, client: str, identity: str, known_hosts: str,
+                      alive: int = SERVER_ALIVE_INTERVAL) -> Location:
     """How the operator reaches a client's repo with full access (prune, compact)."""
     repo = server.repo_for(client)
     port = "" if server.port == 22 else f":{server.port}"
     url = f"ssh://{repo['user']}@{server.address}{port}{repo['path']}"
-    return Location(url, ssh_rsh(os.path.expanduser(identity), os.path.expanduser(known_hosts)))
+    return Location(url, ssh_rsh(os.path.expanduser(identity), os.path.expanduser(known_hosts), alive=alive))
 
 
 @dataclass(frozen=True)
@@ -97,7 +104,7 @@ def plan_jobs(client: str, data: Mapping, servers: Mapping[str, Server]) -> list
         job = Job.from_data(name, job_data)
         server = find_server(job.repo, servers)
         if server is not None and server.name != client:
-            planned.append(PlannedJob(job, client_location(server, client), server))
+            planned.append(PlannedJob(job, client_location(server, client, alive_interval(data)), server))
         else:
             planned.append(PlannedJob(job, Location(job.repo)))
     return planned

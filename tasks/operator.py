@@ -20,7 +20,7 @@ from pyinfra import inventory
 from pyinfra.api import StringCommand
 
 from pyinfra_backup.borg import Location, borg_env
-from pyinfra_backup.enrollment import PlannedJob, operator_location
+from pyinfra_backup.enrollment import PlannedJob, alive_interval, operator_location
 
 
 class OperatorError(Exception):
@@ -31,9 +31,10 @@ def location(host, planned: PlannedJob) -> Location:
     """The job's repo as the operator reaches it: full access with `borgbackup.operatorIdentity`,
     the server's host key checked against the operator's own known_hosts for it."""
     server_host = inventory.get_host(planned.server.name)
+    data = host.data.dict()
     return operator_location(
-        planned.server, host.name, (host.data.get("borgbackup") or {}).get("operatorIdentity", "~/.ssh/id_ed25519"),
-        server_host.data.get("ssh_known_hosts_file") or "~/.ssh/known_hosts",
+        planned.server, host.name, (data.get("borgbackup") or {}).get("operatorIdentity", "~/.ssh/id_ed25519"),
+        server_host.data.get("ssh_known_hosts_file") or "~/.ssh/known_hosts", alive_interval(data),
     )
 
 

@@ -94,3 +94,11 @@ def test_a_client_trusts_only_its_pinned_server_keys():
     rsh = client_location(servers()["backup"], "host01").rsh
     assert "-o StrictHostKeyChecking=yes -o UserKnownHostsFile=/var/lib/pyinfra-backup/ssh/known_hosts" in rsh
     assert "-o GlobalKnownHostsFile=/dev/null" in rsh  # not /etc/ssh/ssh_known_hosts too
+
+
+def test_borg_connections_send_keepalives_so_a_network_cut_ends_them():
+    job = {"repo": "borg@backup:.", "paths": ["/etc"], "encryption": {"mode": "none"}}
+    [default] = plan_jobs("host01", {"borgbackup": {"jobs": {"system": job}}}, servers())
+    assert "-o ServerAliveInterval=30 " in default.location.rsh
+    [tuned] = plan_jobs("host01", {"borgbackup": {"jobs": {"system": job}, "serverAliveInterval": 5}}, servers())
+    assert "-o ServerAliveInterval=5 " in tuned.location.rsh
