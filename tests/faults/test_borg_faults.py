@@ -144,56 +144,6 @@ def test_2_borg_killed_mid_create_next_run_completes_lock_recovered_checkpoint_n
     kept.assert_kept()
 
 
-# --- 13: a network cut in the middle of a create --------------------------------------------------------
-
-
-def test_13_a_network_cut_mid_create_fails_the_host_in_bounded_time_next_run_completes(faults):
-    fleet, repo = faults.fleet, faults.repo_dir("host02")
-    server = fleet.host(SERVER).address
-    kept = faults.ledger("host02")
-    fleet.run("host02", "mkdir -p /srv/bulk && for i in $(seq 20); do head -c 100000 /dev/urandom > /srv/bulk/f$i; done")
-    bulk = job(paths=["/srv/bulk"])
-    del bulk["checks"]
-    throttled = {**bulk, "extraCreateArgs": ["--checkpoint-interval", "1", "--upload-ratelimit", "250"]}
-
-    def data(bulk_job):  # keepalives every second: ssh gives up after 3 unanswered
-        client = faults.client_data("host02", {**faults.jobs["host02"], "bulk": bulk_job})
-        return {"borgbackup": {**client["borgbackup"], "serverAliveInterval": 1}}
-
-    inventory = faults.write_inventory("inventory-cut.py", host02=data(bulk))
-    slow = faults.write_inventory("inventory-cut-slow.py", host02=data(throttled))
-    commits = int(fleet.run(SERVER, f"wc -l < {repo}/transactions").stdout)
-    result = {}
-    runner = threading.Thread(target=lambda: result.setdefault("run", faults.backup("--limit", "host02", inventory=slow)))
-    runner.start()
-    try:
-        def committed():  # the create is under way: its first checkpoint is in the repo
-            assert runner.is_alive(), result["run"].stdout
-            return int(fleet.run(SERVER, f"wc -l < {repo}/transactions").stdout) > commits
-
-        wait_for(committed, 60, "a checkpoint")
-        fleet.run("host02", f"ip route add blackhole {server}/32")  # silent: packets to the server vanish
-        cut = time.monotonic()
-        runner.join(timeout=45)
-        ended = time.monotonic() - cut
-        assert not runner.is_alive(), "the run still waits on a dead connection 45 s after the cut"
-    finally:
-        fleet.run("host02", f"ip route del blackhole {server}/32", check=False)
-        runner.join()
-    run = result["run"]
-    assert run.returncode != 0 and ended < 30, (ended, run.stdout)
-    # ssh's own words (`Timeout, server ... not responding`) do not reach borg's error: borg reports the close
-    assert re.search(r"\[host02\] host02: job bulk: the repo server is unreachable \(Connection closed", run.stdout), run.stdout
-    # The server's `borg serve` may not learn of the cut (it reads, it does not send): the operator's step
-    # (README, Known limits) is to stop it; borg then leaves its lock to be removed by the next borg.
-    fleet.run(SERVER, f"for p in $(pgrep -x borg); do [ \"$(readlink /proc/$p/cwd)\" = {repo} ] && kill $p; done; true")
-    again = faults.backup("--limit", "host02", inventory=inventory)  # bulk is still due
-    assert again.returncode == 0, again.stdout
-    fresh = faults.freshness(inventory)["host02"]
-    assert fresh["bulk"]["status"] == "fresh" and not fresh["bulk"]["last_archive"].endswith("checkpoint"), fresh
-    kept.assert_kept()
-
-
 # --- 3: the backup server's filesystem full -----------------------------------------------------------
 
 
@@ -377,6 +327,56 @@ def test_12_a_changed_server_host_key_is_refused_by_every_client_and_nothing_is_
     for name in CLIENTS:
         assert faults.repo_files(name) == files[name]  # not one segment written
         kept[name].assert_kept()
+
+
+# --- 13: a network cut in the middle of a create --------------------------------------------------------
+
+
+def test_13_a_network_cut_mid_create_fails_the_host_in_bounded_time_next_run_completes(faults):
+    fleet, repo = faults.fleet, faults.repo_dir("host02")
+    server = fleet.host(SERVER).address
+    kept = faults.ledger("host02")
+    fleet.run("host02", "mkdir -p /srv/bulk && for i in $(seq 20); do head -c 100000 /dev/urandom > /srv/bulk/f$i; done")
+    bulk = job(paths=["/srv/bulk"])
+    del bulk["checks"]
+    throttled = {**bulk, "extraCreateArgs": ["--checkpoint-interval", "1", "--upload-ratelimit", "250"]}
+
+    def data(bulk_job):  # keepalives every second: ssh gives up after 3 unanswered
+        client = faults.client_data("host02", {**faults.jobs["host02"], "bulk": bulk_job})
+        return {"borgbackup": {**client["borgbackup"], "serverAliveInterval": 1}}
+
+    inventory = faults.write_inventory("inventory-cut.py", host02=data(bulk))
+    slow = faults.write_inventory("inventory-cut-slow.py", host02=data(throttled))
+    commits = int(fleet.run(SERVER, f"wc -l < {repo}/transactions").stdout)
+    result = {}
+    runner = threading.Thread(target=lambda: result.setdefault("run", faults.backup("--limit", "host02", inventory=slow)))
+    runner.start()
+    try:
+        def committed():  # the create is under way: its first checkpoint is in the repo
+            assert runner.is_alive(), result["run"].stdout
+            return int(fleet.run(SERVER, f"wc -l < {repo}/transactions").stdout) > commits
+
+        wait_for(committed, 60, "a checkpoint")
+        fleet.run("host02", f"ip route add blackhole {server}/32")  # silent: packets to the server vanish
+        cut = time.monotonic()
+        runner.join(timeout=45)
+        ended = time.monotonic() - cut
+        assert not runner.is_alive(), "the run still waits on a dead connection 45 s after the cut"
+    finally:
+        fleet.run("host02", f"ip route del blackhole {server}/32", check=False)
+        runner.join()
+    run = result["run"]
+    assert run.returncode != 0 and ended < 30, (ended, run.stdout)
+    # ssh's own words (`Timeout, server ... not responding`) do not reach borg's error: borg reports the close
+    assert re.search(r"\[host02\] host02: job bulk: the repo server is unreachable \(Connection closed", run.stdout), run.stdout
+    # The server's `borg serve` may not learn of the cut (it reads, it does not send): the operator's step
+    # (README, Known limits) is to stop it; borg then leaves its lock to be removed by the next borg.
+    fleet.run(SERVER, f"for p in $(pgrep -x borg); do [ \"$(readlink /proc/$p/cwd)\" = {repo} ] && kill $p; done; true")
+    again = faults.backup("--limit", "host02", inventory=inventory)  # bulk is still due
+    assert again.returncode == 0, again.stdout
+    fresh = faults.freshness(inventory)["host02"]
+    assert fresh["bulk"]["status"] == "fresh" and not fresh["bulk"]["last_archive"].endswith("checkpoint"), fresh
+    kept.assert_kept()
 
 
 # --- 11: secret hygiene, over every run of this file --------------------------------------------------
