@@ -135,6 +135,9 @@ def test_rerun_changes_nothing_in_one_remote_command_per_host(setup):
         assert len(archives(setup, client)) == 1
     # the server: pyinfra's one fact; no client opened its repo (nothing was due)
     assert after["backup"] - before["backup"] == 1
+    # ...read with the clients while the deploy was prepared: no operation waits for a read of its own
+    server_read = run.stdout.index("[backup] Loaded fact facts.borg.BorgServer")
+    assert server_read < run.stdout.index("--> Beginning operation run"), run.stdout
     assert re.search(r"\[host01\] .*system: not due: last archive host01-system-\S+ made \d+[smhd] ago", run.stdout), run.stdout
 
 
