@@ -1,11 +1,17 @@
 """Shared fixtures: the namespace SSH test fleet (tests/fleet; mark tests that use it with @pytest.mark.fleet),
 and the command-line options of tests/infra (collected only with --inventory)."""
 
+import os
 from pathlib import Path
 
 import pytest
 
 from tests.fleet import Fleet, FleetError, check_prerequisites, cleanup_leftovers, install_teardown_handlers
+
+# git as a fresh machine has it, whatever this one was given: no identity, no global or system configuration.
+# (Fleet hosts see none either: tests/fleet hides the machine's.) A test that commits or tags says who it is.
+os.environ["GIT_CONFIG_GLOBAL"] = os.devnull
+os.environ["GIT_CONFIG_NOSYSTEM"] = "1"
 
 FLEET_CLIENTS = [f"host{i:02d}" for i in range(1, 6)]
 FLEET_SERVER = "backup"

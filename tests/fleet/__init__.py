@@ -11,7 +11,10 @@ CLI: ``python -m tests.fleet up 5 | down | status``. Fixtures: ``tests/conftest.
 
 from .core import (
     BRIDGE,
+    BRIDGE_ADDRESS,
     DEFAULT_STATE_ROOT,
+    NET_PREFIX,
+    PREFIX,
     PROJECT_ROOT,
     Fleet,
     FleetError,
@@ -26,7 +29,10 @@ from .core import (
 
 __all__ = [
     "BRIDGE",
+    "BRIDGE_ADDRESS",
     "DEFAULT_STATE_ROOT",
+    "NET_PREFIX",
+    "PREFIX",
     "PROJECT_ROOT",
     "Fleet",
     "FleetError",

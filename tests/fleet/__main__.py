@@ -22,6 +22,7 @@ import traceback
 from pathlib import Path
 
 from .core import (
+    BRIDGE,
     DEFAULT_STATE_ROOT,
     Fleet,
     FleetError,
@@ -200,7 +201,7 @@ def cmd_status(args) -> int:
             print(f"  {h['name']:<10} {h['address']:<14} pid {h['pid']:<8} {alive}")
     else:
         print("CLI fleet: none")
-    print(f"bridge pbk-br0: {'present' if found['bridge'] else 'absent'}")
+    print(f"bridge {BRIDGE}: {'present' if found['bridge'] else 'absent'}")
     for slot, entry in sorted(found["fleets"].items(), key=lambda kv: kv[0] or 0):
         owner = entry["owner"] or {}
         print(f"slot {slot}: owner pid {owner.get('pid')} {'alive' if entry['alive'] else 'DEAD (leftover)'}, "

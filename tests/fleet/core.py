@@ -40,19 +40,25 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_STATE_ROOT = PROJECT_ROOT / ".state" / "fleet"
 
-PREFIX = "pbk-"
-BRIDGE = "pbk-br0"
-NET_PREFIX = "10.213"
+# The family of names and addresses this fleet code uses. Two families never touch each other's fleets (their
+# namespaces, veths, bridge, lock and subnet all differ): a fresh-root CI run (scripts/ci-fresh.sh) or a second
+# developer on the same machine sets PBK_FLEET_FAMILY=pbc:214 (a 2-4 letter prefix, the second octet of 10.X/16).
+FAMILY, _, _OCTET = os.environ.get("PBK_FLEET_FAMILY", "pbk:213").partition(":")
+if not re.fullmatch(r"[a-z]{2,4}", FAMILY) or not _OCTET.isdigit() or not 1 <= int(_OCTET) <= 254:
+    raise RuntimeError(f"PBK_FLEET_FAMILY={os.environ.get('PBK_FLEET_FAMILY')!r}: expected PREFIX:OCTET, e.g. pbc:214")
+PREFIX = f"{FAMILY}-"
+BRIDGE = f"{FAMILY}-br0"
+NET_PREFIX = f"10.{int(_OCTET)}"
 BRIDGE_ADDRESS = f"{NET_PREFIX}.0.1"
 # A fixed MAC: a bridge without one takes the smallest MAC of its ports, so it changed whenever a host came
 # or went, and hosts' ARP entries for 10.213.0.1 went stale (connections to the machine timed out).
-BRIDGE_MAC = "02:70:62:62:00:01"
+BRIDGE_MAC = f"02:70:62:62:{int(_OCTET):02x}:01"
 PREFIXLEN = 16
 GUEST_IF = "pbk-eth0"
-LOCK_PATH = Path("/run/pbk-fleet.lock")
+LOCK_PATH = Path(f"/run/{FAMILY}-fleet.lock")
 NETNS_DIR = Path("/run/netns")
 MAX_SLOT = 254
-LINK_GROUP_BASE = 2130000  # veths of slot S are in link group BASE+S: one `link del group` = one kernel batch
+LINK_GROUP_BASE = int(_OCTET) * 10000  # veths of slot S are in link group BASE+S: one `link del group` = one kernel batch
 MAX_HOSTS = 254
 SSH_PORT = 22
 REQUIRED_TOOLS = ("ip", "nsenter", "unshare", "mount", "umount", "pivot_root", "hostname", "/usr/sbin/sshd", "ssh")
@@ -61,8 +67,10 @@ HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HOST_ENV = {"PATH": HOST_PATH, "HOME": "/root", "USER": "root", "LOGNAME": "root", "SHELL": "/bin/bash", "LANG": "C.UTF-8"}
 
 _NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
-_NETNS_RE = re.compile(r"^pbk-(\d+)-(.+)$")
-_VETH_RE = re.compile(r"^pbk-(\d+)-(\d+)$")
+_NETNS_RE = re.compile(rf"^{PREFIX}(\d+)-(.+)$")
+_VETH_RE = re.compile(rf"^{PREFIX}(\d+)-(\d+)$")
+_STATE_DIR_RE = re.compile(rf"^{PREFIX}(\d+)$")
+_FLEET_MOUNT = f"{PREFIX}fleet-"
 _EXEC_RE = re.compile(rb"session_input_channel_req: session \d+ req exec\b")
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -129,6 +137,16 @@ PS1='\\h:\\w\\$ '
 _PROFILE = """\
 # ~/.profile of a test fleet host (tests/fleet)
 if [ -n "$BASH" ] && [ -f ~/.bashrc ]; then . ~/.bashrc; fi
+"""
+
+
+_PODMAN_STORAGE = """\
+# podman storage of a test fleet host (tests/fleet): its root is an overlay, on which podman's default
+# `overlay` driver fails ("'overlay' is not supported over overlayfs"); vfs needs nothing more.
+[storage]
+driver = "vfs"
+runroot = "/run/containers/storage"
+graphroot = "/var/lib/containers/storage"
 """
 
 
@@ -407,14 +425,14 @@ def _mounts() -> list[tuple[str, str]]:
             left, right = line.split(" - ", 1)
             point = left.split()[4].replace("\\040", " ")
             fstype, source = right.split()[:2]
-            if source.startswith("pbk-fleet-"):
+            if source.startswith(_FLEET_MOUNT):
                 found.append((point, source))
     return found
 
 
 def discover() -> dict:
     """Everything pbk- on the machine, grouped by fleet slot (None: not attributable to a slot)."""
-    netns = sorted(p.name for p in NETNS_DIR.glob("pbk-*")) if NETNS_DIR.exists() else []
+    netns = sorted(p.name for p in NETNS_DIR.glob(f"{PREFIX}*")) if NETNS_DIR.exists() else []
     links = sorted(p.name for p in Path("/sys/class/net").iterdir() if p.name.startswith(PREFIX))
     fleets: dict = {}
 
@@ -430,7 +448,7 @@ def discover() -> dict:
         m = _VETH_RE.match(name)
         slot_entry(int(m.group(1)) if m else None)["links"].append(name)
     for point, source in _mounts():
-        suffix = source[len("pbk-fleet-") :]
+        suffix = source[len(_FLEET_MOUNT) :]
         slot = int(suffix) if suffix.isdigit() else None
         entry = slot_entry(slot)
         entry["mounts"].append(point)
@@ -514,8 +532,8 @@ def cleanup_leftovers(force: bool = False, slots: Iterable[int] | None = None, s
     with _global_lock():
         _maybe_delete_bridge()
         mounted = {p for p, _ in _mounts()}
-        for d in root.glob("pbk-*") if root.is_dir() else ():  # state dirs no tmpfs is mounted on any more
-            m = re.match(r"^pbk-(\d+)$", d.name)
+        for d in root.glob(f"{PREFIX}*") if root.is_dir() else ():  # state dirs no tmpfs is mounted on any more
+            m = _STATE_DIR_RE.match(d.name)
             if str(d) in mounted or (wanted is not None and (not m or int(m.group(1)) not in wanted)):
                 continue
             shutil.rmtree(d, ignore_errors=True)
@@ -644,7 +662,7 @@ class Fleet:
         with _global_lock():
             found = discover()
             used = {s for s in found["fleets"] if s is not None}
-            used |= {int(m.group(1)) for d in self.state_root.glob("pbk-*") if (m := re.match(r"^pbk-(\d+)$", d.name))}
+            used |= {int(m.group(1)) for d in self.state_root.glob(f"{PREFIX}*") if (m := _STATE_DIR_RE.match(d.name))}
             if self._want_slot is not None:
                 if self._want_slot in used:
                     raise FleetError(f"fleet slot {self._want_slot} is in use (see `python -m tests.fleet status`)")
@@ -654,9 +672,9 @@ class Fleet:
                 if not free:
                     raise FleetError("no free fleet slot")
                 slot = free[0]
-            state_dir = self.state_root / f"pbk-{slot}"
+            state_dir = self.state_root / f"{PREFIX}{slot}"
             state_dir.mkdir()
-            _mount_tmpfs(f"pbk-fleet-{slot}", state_dir)
+            _mount_tmpfs(f"{_FLEET_MOUNT}{slot}", state_dir)
             self.slot, self.state_dir = slot, state_dir
             _LIVE_FLEETS.append(self)
             owner = {"pid": os.getpid(), "start": _proc_start_time(os.getpid()), "state_root": str(self.state_root)}
@@ -686,8 +704,8 @@ class Fleet:
                 name=name,
                 index=index,
                 address=f"{NET_PREFIX}.{slot}.{index}",
-                netns=f"pbk-{slot}-{name}",
-                veth=f"pbk-{slot}-{index}",
+                netns=f"{PREFIX}{slot}-{name}",
+                veth=f"{PREFIX}{slot}-{index}",
                 dir=state_dir / name,
                 host_key=public,
                 machine_id=secrets.token_hex(16),
@@ -756,6 +774,18 @@ class Fleet:
         dot_ssh.mkdir(mode=0o700)
         os.setxattr(dot_ssh, "trusted.overlay.opaque", b"y")  # hide the machine's /root/.ssh, if any
         _write(dot_ssh / "authorized_keys", self._controller_pub + "\n", 0o600)
+        self._as_on_a_fresh_machine(upper, root)
+
+    @staticmethod
+    def _as_on_a_fresh_machine(upper: Path, root: Path) -> None:
+        """A host starts as a new machine would, not with what was configured or left on this one: no git
+        identity, no borg security/cache dirs, no podman storage of the machine's. podman gets the storage a
+        host whose root is an overlay needs (the default `overlay` driver cannot stack on it): `vfs`."""
+        _whiteout(root / ".gitconfig")
+        for rel in ("root/.config", "root/.cache", "var/lib/containers"):
+            empty = _mkdirs_like_lower(upper, rel)
+            os.setxattr(empty, "trusted.overlay.opaque", b"y")
+        _write(_mkdirs_like_lower(upper, "etc/containers") / "storage.conf", _PODMAN_STORAGE)
 
     def _wait_ready(self, hosts: list[Host], timeout: float = 20.0) -> None:
         pending = list(hosts)

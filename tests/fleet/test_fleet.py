@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fleet import BRIDGE, PROJECT_ROOT, Fleet, cleanup_leftovers, discover
+from tests.fleet import BRIDGE, NET_PREFIX, PREFIX, PROJECT_ROOT, Fleet, cleanup_leftovers, discover
 
 pytestmark = pytest.mark.fleet
 
@@ -24,11 +24,11 @@ def _first_fields(line: str) -> str:
 
 def assert_slot_gone(slot: int, state_dir: Path, pids: list[int]) -> None:
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
-    assert not [n for n in netns.split("\n") if n.startswith(f"pbk-{slot}-")], netns
+    assert not [n for n in netns.split("\n") if n.startswith(f"{PREFIX}{slot}-")], netns
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
-    assert f" pbk-{slot}-" not in links, links
+    assert f" {PREFIX}{slot}-" not in links, links
     mountinfo = Path("/proc/self/mountinfo").read_text()
-    assert str(state_dir) not in mountinfo and f"pbk-fleet-{slot} " not in mountinfo
+    assert str(state_dir) not in mountinfo and f"{PREFIX}fleet-{slot} " not in mountinfo
     assert not state_dir.exists()
     for pid in pids:  # reaped, not just killed: the fleet's owner is a child subreaper
         assert not Path(f"/proc/{pid}").exists(), f"process {pid} left behind"
@@ -95,7 +95,7 @@ def test_hosts_reach_each_other_over_the_bridge_only(fleet):
         banner = fleet.run(client, "exec 3<>/dev/tcp/backup/22 && head -c 4 <&3").stdout
         assert banner == "SSH-"
         routes = fleet.run(client, "ip -4 route").stdout.strip().split("\n")
-        assert len(routes) == 1 and routes[0].split()[:3] == ["10.213.0.0/16", "dev", "pbk-eth0"]  # no default
+        assert len(routes) == 1 and routes[0].split()[:3] == [f"{NET_PREFIX}.0.0/16", "dev", "pbk-eth0"]  # no default
     # Real ssh from one host to another, host key checked against /etc/ssh/ssh_known_hosts of the host.
     fleet.run("host01", "ssh-keygen -q -t ed25519 -N '' -f /root/.ssh/pbk-peer")
     pub = fleet.run("host01", "cat /root/.ssh/pbk-peer.pub").stdout
@@ -126,7 +126,7 @@ def test_down_leaves_nothing_behind(fleet):
     assert slot != fleet.slot
     other.run("t1", "setsid sleep 1000 >/dev/null 2>&1 </dev/null &")  # a stray daemon inside a host
     pids = [h.pid for h in other.hosts] + [h._proc.pid for h in other.hosts]
-    pids += [int(p) for p in subprocess.run(["ip", "netns", "pids", "pbk-%d-t1" % slot],
+    pids += [int(p) for p in subprocess.run(["ip", "netns", "pids", f"{PREFIX}{slot}-t1"],
                                             capture_output=True, text=True).stdout.split()]
     other.remove("t2")
     assert [h.name for h in other.hosts] == ["t1", "t3"]

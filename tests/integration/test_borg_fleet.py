@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from tests.fleet import BRIDGE_ADDRESS
 from tests.integration.helpers import DATA_SETUP, PingServer, in_host, operator_borg, pyinfra, tree
 from tests.integration.node_exporter import NodeExporter
 
@@ -170,7 +171,7 @@ def test_forced_run_stores_a_changed_file_and_prunes_with_the_operator_key(setup
     assert len(now) == 1 and now != first, run.stdout  # keep.daily=1: today's older archive was pruned
     content = operator_borg(setup, "host01", "extract", "--stdout", f"{{repo}}::{now[0]}", "srv/data/hello.txt")
     assert content.stdout == "changed\n"
-    log = fleet.run("backup", "grep -c 'Accepted publickey for borg from 10.213.0.1 ' /var/log/sshd.log").stdout
+    log = fleet.run("backup", f"grep -c 'Accepted publickey for borg from {BRIDGE_ADDRESS} ' /var/log/sshd.log").stdout
     assert int(log) >= 1  # the prune came from the operator's machine
 
 

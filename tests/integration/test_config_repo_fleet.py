@@ -37,6 +37,7 @@ set -e
 rm -rf {REPO} {KEY} {KEY}.pub
 ssh-keygen -q -t ed25519 -N '' -C config-repo@{PUSHER} -f {KEY}
 git init -q -b main {REPO}
+git -C {REPO} config user.name Operator && git -C {REPO} config user.email op@example.org  # tags need a tagger
 echo '{{ }}' > {REPO}/configuration.nix
 git -C {REPO} add -A && {GIT} commit -q -m 'first'
 git -C {REPO} branch stable

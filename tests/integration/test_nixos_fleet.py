@@ -48,7 +48,7 @@ def setup(_fleet_session, tmp_path_factory):
     try:
         fleet.up(["nixos01", "plain01"])
         # no network here: no binary cache (nix would retry cache.nixos.org for seconds)
-        fleet.run("nixos01", "printf 'substituters =\\n' >> /etc/nix/nix.conf && mkdir -p /srv/flake && touch /etc/NIXOS")
+        fleet.run("nixos01", "mkdir -p /etc/nix && printf 'substituters =\\n' >> /etc/nix/nix.conf && mkdir -p /srv/flake && touch /etc/NIXOS")
         fleet.path("nixos01", "/srv/flake/builder.sh").write_text(BUILDER)
         inventory = fleet.write_inventory(tmp_path_factory.mktemp("nixos") / "inventory.py", {}, {})
         yield {"fleet": fleet, "inventory": inventory}
