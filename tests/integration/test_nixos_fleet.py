@@ -47,8 +47,10 @@ def setup(_fleet_session, tmp_path_factory):
     fleet = Fleet()
     try:
         fleet.up(["nixos01", "plain01"])
-        # no network here: no binary cache (nix would retry cache.nixos.org for seconds)
-        fleet.run("nixos01", "mkdir -p /etc/nix && printf 'substituters =\\n' >> /etc/nix/nix.conf && mkdir -p /srv/flake && touch /etc/NIXOS")
+        # As a fresh Debian machine's nix-bin needs it here: no /etc/nix of its own; no binary cache (no network:
+        # nix would retry cache.nixos.org for seconds); builds as root (no nixbld group exists); no sandbox (the
+        # builder uses the host's /bin/sh).
+        fleet.run("nixos01", "mkdir -p /etc/nix && printf 'substituters =\\nbuild-users-group =\\nsandbox = false\\n' >> /etc/nix/nix.conf && mkdir -p /srv/flake && touch /etc/NIXOS")
         fleet.path("nixos01", "/srv/flake/builder.sh").write_text(BUILDER)
         inventory = fleet.write_inventory(tmp_path_factory.mktemp("nixos") / "inventory.py", {}, {})
         yield {"fleet": fleet, "inventory": inventory}
