@@ -119,7 +119,7 @@ t1=$SECONDS
 echo "ci-fresh: backup-local.sh passed in $((t1 - t0)) s (install included)"
 again=$(bash scripts/backup-local.sh)
 if ! grep -q "No changes" <<<"$again" || grep -q "\] Success" <<<"$again"; then
-    echo "$again"; echo "ci-fresh: backup-local.sh again changed something"; exit 1
+    echo "$again"; grep -c "No changes" <<<"$again"; echo "rc=$?"; type grep; echo "ci-fresh: backup-local.sh again changed something"; exit 1
 fi
 echo "ci-fresh: backup-local.sh again: No changes"
 set +e
