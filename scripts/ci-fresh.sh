@@ -122,10 +122,12 @@ if ! grep -q "No changes" <<<"$again" || grep -q "\] Success" <<<"$again"; then
     echo "$again"; echo "ci-fresh: backup-local.sh again changed something"; exit 1
 fi
 echo "ci-fresh: backup-local.sh again: No changes"
-set +e
-bash scripts/test.sh "$@"
+set +e -o pipefail
+bash scripts/test.sh "$@" 2>&1 | tee /run/ci-fresh-test.log
 rc=$?
 echo "ci-fresh: test.sh exited $rc after $((SECONDS - t1)) s"
+grep -E "^(=+ )?[0-9]+ (passed|failed)|^[0-9]+ (passed|failed|error)" /run/ci-fresh-test.log | tail -1 > /run/ci-fresh-summary
+cp /run/ci-fresh-summary /work/ci-fresh-summary
 exit $rc
 '\'' ci-fresh "$@"
 '
@@ -138,4 +140,6 @@ rc=$?
 set -e
 inner_pid=
 say "whole run $((SECONDS - start)) s, exit $rc"
+# pytest's closing line last, where CI reads it
+[ -s "$ROOT/work/ci-fresh-summary" ] && cat "$ROOT/work/ci-fresh-summary"
 exit "$rc"
