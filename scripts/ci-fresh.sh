@@ -85,7 +85,9 @@ mkdir -p "$ROOT"
 tar -C "$ROOT" -xpf "$BASE"
 # The package-registry settings of this machine, as a fresh machine of this kind has them.
 rm -rf "$ROOT/etc/apt/sources.list.d" "$ROOT/etc/apt/apt.conf.d"
-cp -a /etc/apt/sources.list.d /etc/apt/apt.conf.d "$ROOT/etc/apt/"
+mkdir -p "$ROOT/etc/apt/sources.list.d"
+cp -a /etc/apt/apt.conf.d "$ROOT/etc/apt/"
+find /etc/apt/sources.list.d -maxdepth 1 \( -name '*.list' -o -name '*.sources' \) -exec cp -a {} "$ROOT/etc/apt/sources.list.d/" \;
 [ -e /etc/apt/sources.list ] && cp -a /etc/apt/sources.list "$ROOT/etc/apt/"
 for f in /etc/pip.conf /etc/xdg/pip /root/.config/pip /root/.pip /usr/local/share/ca-certificates \
          /etc/ssl/certs/ca-certificates.crt; do
