@@ -15,6 +15,8 @@ Everything here is pure: callers pass plain host data.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import re
 import shlex
@@ -181,3 +183,89 @@ def authorized_keys(repos: Mapping[str, Mapping], operator_keys: tuple[str, ...]
         for key in operator_keys:
             lines[user].append(serve_line(f"borg serve --restrict-to-path {shlex.quote(base)}", key))
     return lines
+
+
+# --- what a repo server's authorized_keys would lose ---------------------------------------------------------
+
+_SERVE_LINE = re.compile(r'^command="(?P<command>(?:[^"\\]|\\.)*)",restrict (?P<key>\S+ \S+)(?: (?P<comment>.*))?$')
+
+
+def fingerprint(key: str) -> str:
+    """`SHA256:...` as `ssh-keygen -l` prints it, of a `type base64 [comment]` public key.
+
+    >>> fingerprint("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJiKwh2vV4svoHEeqo5EruU+Yz3yxsu/kkxglNST2IXO root@vm")
+    'SHA256:JHyAeTS83C1owjerDFS4eki59za9G5lxeGLPWPy9qkM'
+    """
+    try:
+        blob = base64.b64decode(key.split()[1], validate=True)
+    except (IndexError, ValueError):
+        return key[:40]
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+@dataclass(frozen=True)
+class KeyChange:
+    """One authorized_keys line of a repo server's user, added or removed by a run."""
+
+    user: str
+    line: str
+    added: bool
+
+    @property
+    def _parsed(self) -> dict:
+        match = _SERVE_LINE.match(self.line)
+        return match.groupdict() if match else {"command": "", "key": self.line, "comment": None}
+
+    @property
+    def operator(self) -> bool:
+        return self._parsed["command"].startswith("borg serve --restrict-to-path ")
+
+    @property
+    def repo_path(self) -> str | None:
+        match = re.match(r"^cd (\S+|'[^']*') && borg serve ", self._parsed["command"])
+        return shlex.split(match.group(1))[0] if match else None
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self._parsed["key"])
+
+    def describe(self) -> str:
+        what = "operator key" if self.operator else f"repo {self.repo_path}" if self.repo_path else "not a borg serve line"
+        comment = f" {self._parsed['comment']}" if self._parsed["comment"] else ""
+        return f"{'+' if self.added else '-'} {self.user}: {self.fingerprint}{comment} ({what})"
+
+
+def key_changes(current: Mapping[str, str], wanted: Mapping[str, list[str]]) -> list[KeyChange]:
+    """The lines `wanted` (user -> lines) adds to and removes from `current` (user -> authorized_keys text)."""
+    changes = []
+    for user in sorted(set(wanted) | {user for user, text in current.items() if text}):
+        have = [line for line in current.get(user, "").splitlines() if line.strip()]
+        want = wanted.get(user, [])
+        changes += [KeyChange(user, line, False) for line in have if line not in want]
+        changes += [KeyChange(user, line, True) for line in want if line not in have]
+    return changes
+
+
+def unexplained_removals(changes: list[KeyChange], wanted: Mapping[str, list[str]], inventory_hosts: set[str],
+                         repo_names: Mapping[str, str], revoke: set[str]) -> list[str]:
+    """Why each removal nobody asked for would go: the last key of a repo whose host is still in the inventory,
+    or a user's last operator key. A key replaced by another for the same repo (a new backup key) is not one;
+    `revoke` (host names, key fingerprints, or `operator`) says a removal is meant."""
+    remaining = [KeyChange(user, line, True) for user, lines in wanted.items() for line in lines]
+    out = []
+    for change in changes:
+        if change.added or change.fingerprint in revoke:
+            continue
+        if change.operator:
+            if "operator" not in revoke and not any(c.operator and c.user == change.user for c in remaining):
+                out.append(f"{change.describe()} would be removed: {change.user} would keep no operator key "
+                           f"(borgbackup.operatorKeys; to revoke it on purpose: --data revoke=operator)")
+            continue
+        path = change.repo_path
+        owner = repo_names.get(path) or (os.path.basename(path) if path else None)
+        if owner in inventory_hosts and owner not in revoke \
+                and not any(c.repo_path == path and c.user == change.user for c in remaining):
+            out.append(f"{change.describe()} would be removed, but {owner} is still in the inventory and no job of "
+                       f"it is enrolled here any more (check its borgbackup.jobs.*.repo; to revoke it on purpose: "
+                       f"--data revoke={owner})")
+    return out

@@ -373,7 +373,33 @@ def _fleet_data(inventory) -> tuple[dict[str, Mapping], tuple[str, ...]]:
 def inventory_errors(inventory) -> list[str]:
     """Problems of every host of a pyinfra Inventory."""
     data, fleet_jobs = _fleet_data(inventory)
-    return [line for name, values in data.items() for line in host_data_errors(name, values, fleet_jobs)]
+    lines = [line for name, values in data.items() for line in host_data_errors(name, values, fleet_jobs)]
+    return lines + _repo_host_errors(data)
+
+
+def _repo_host_errors(data: Mapping[str, Mapping]) -> list[str]:
+    """A job's repo host that is no host of the inventory but close to a repo server's name: a typo, which would
+    leave the job out of that server's keys (and revoke them). A repo on a host outside the inventory stays allowed."""
+    from pyinfra_backup.enrollment import repo_host
+
+    def borg(values):
+        return values.get("borgbackup") if isinstance(values.get("borgbackup"), Mapping) else {}
+
+    known = set(data) | {str(values["ssh_hostname"]) for values in data.values() if values.get("ssh_hostname")}
+    servers = [name for name, values in data.items() if isinstance(borg(values).get("repos"), Mapping)]
+    names = servers + [str(data[name]["ssh_hostname"]) for name in servers if data[name].get("ssh_hostname")]
+    out = []
+    for name, values in data.items():
+        jobs = borg(values).get("jobs")
+        for job, spec in sorted(jobs.items()) if isinstance(jobs, Mapping) else ():
+            repo = spec.get("repo") if isinstance(spec, Mapping) else None
+            where = repo_host(repo) if isinstance(repo, str) else None
+            close = difflib.get_close_matches(where, names, n=1, cutoff=0.8) if where and where not in known else []
+            if close:
+                out.append(f"{name}: {_dotted(['borgbackup', 'jobs', job, 'repo'])}: expected a host of the inventory "
+                           f"or one outside it, got {_show(repo)}: {where} is no host of the inventory, did you mean "
+                           f"{close[0]}?")
+    return out
 
 
 # --- inventories found valid before -----------------------------------------------------------------
@@ -399,8 +425,8 @@ def _inventory_digest(inventory) -> str:
         stat = os.stat(where) if where != "-" else None
         digest.update(f"{where}:{stat and stat.st_mtime_ns}:{stat and stat.st_size}".encode())
     data, fleet_jobs = _fleet_data(inventory)
-    for name, values in sorted(data.items()):
-        digest.update(f"\0{name}\0{_fingerprint(values, fleet_jobs)}".encode())
+    for name, values in sorted(data.items()):  # ssh_hostname: repo hosts are checked against the inventory's
+        digest.update(f"\0{name}\0{values.get('ssh_hostname')}\0{_fingerprint(values, fleet_jobs)}".encode())
     return digest.hexdigest()
 
 

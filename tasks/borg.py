@@ -31,7 +31,10 @@ from pyinfra_backup.borg import (
     extract_argv, borg_env, explain_errors, init_argv, parse_interval, prune_argv,
 )
 from pyinfra_backup.dumps import DataSpec, create_script
-from pyinfra_backup.enrollment import authorized_keys, installed_keys, repo_accounts, repo_serve_command, server_repos
+from pyinfra_backup.enrollment import (
+    REPO_BASE, authorized_keys, installed_keys, key_changes, repo_accounts, repo_serve_command, server_repos,
+    unexplained_removals,
+)
 from pyinfra_backup.metrics import job_metrics_from_records, render_textfile
 from pyinfra_backup.ping import ping
 from pyinfra_backup.prune import to_prune
@@ -166,16 +169,44 @@ def _server_layout(server_host):
     return server, repos, users, groups, current
 
 
+def _revoked() -> set[str]:
+    """`--data revoke=HOST[,HOST]` (or a list): host names, key fingerprints or `operator`."""
+    value = host.data.get("revoke") or ()
+    return {str(v).strip() for v in (value.split(",") if isinstance(value, str) else value)} - {""}
+
+
+def _checked_keys(server, repos, current) -> dict[str, list[str]]:
+    """The server's authorized_keys lines, every change named in the output; a key that would go although its
+    host is still in the inventory (a typo in a repo), or the last operator key, fails the server instead."""
+    keys = authorized_keys(repos, server.operator_keys)
+    changes = key_changes(current.authorized_keys, keys)
+    names = {repo.get("path", f"{REPO_BASE}/{name}"): name for name, repo in server.repos.items()}
+    refused = unexplained_removals(changes, keys, {h.name for h in inventory}, names, _revoked())
+    if refused:
+        raise HostError(f"{host.name}: nothing was changed: " + "; ".join(refused))
+    for change in changes:
+        logger.info(f"{host.name}: authorized_keys {change.describe()}")
+    return keys
+
+
 @host_operation
 def repo_server():
     """Provision a repo server as NixOS' `services.borgbackup.repos` does: users, 0700 repo
     directories, and authorized_keys with one forced `borg serve` per key. Enrolled clients'
-    append-only keys and `borgbackup.operatorKeys` are included; keys not in the data are removed.
+    append-only keys and `borgbackup.operatorKeys` are included; keys not in the data are removed, each
+    named in the output. The last key of a repo whose host is still in the inventory, or a user's last operator
+    key, goes only when `--data revoke=` names it; otherwise the server fails and nothing changes.
 
-    Example: `repo_server()` on every host with `borgbackup.repos`.
+    + revoke (host data, usually `--data`): host names, key fingerprints or `operator` that may lose their keys
+
+    **Example:**
+
+    .. code:: python
+
+        repo_server()  # on every host with borgbackup.repos (deploys/backup_server.py, deploys/backup.py)
     """
     server, repos, users, groups, current = _server_layout(host)
-    keys = authorized_keys(repos, server.operator_keys)
+    keys = _checked_keys(server, repos, current)
     primary = {repo["user"]: repo.get("group") or repo["user"] for repo in repos.values()}
     commands = [sh_join(["groupadd", "--system", group]) for group in groups if group not in current.groups]
     for user in users:

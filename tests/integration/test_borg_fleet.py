@@ -124,6 +124,51 @@ def test_repo_server_follows_the_data_keys_removed_from_it_leave_the_file(setup)
     assert again.returncode == 0 and "] Success" not in again.stdout and "No changes" in again.stdout
 
 
+def test_a_typo_or_a_moved_job_revokes_no_key_without_revoke(setup):
+    """One typo in the clients' shared repo once left the server with neither the clients' keys nor the operator's."""
+    fleet = setup["fleet"]
+    keys_file = "cat /var/lib/borgbackup/.ssh/authorized_keys"
+    before = fleet.run("backup", keys_file).stdout
+    groups = {"clients": CLIENTS, "servers": ["backup"]}
+
+    def inventory(name, change):
+        host_data = {client: setup["client_data"](client) for client in CLIENTS}
+        change(host_data)
+        return fleet.write_inventory(setup["tmp"] / name, {**host_data, "backup": setup["server_data"]}, groups)
+
+    def typo(data):
+        for client in CLIENTS:
+            data[client]["borgbackup"]["jobs"]["system"]["repo"] = "borg@bakup:."
+    refused = pyinfra(inventory("inventory-typo.py", typo), "deploys/backup_server.py", env=setup["env"])
+    assert refused.returncode != 0
+    assert "host01: borgbackup.jobs.system.repo: expected a host of the inventory or one outside it, got 'borg@bakup:.': " \
+           "bakup is no host of the inventory, did you mean backup?" in refused.stdout
+    assert fleet.run("backup", keys_file).stdout == before
+
+    def moved(data):  # host03's job now goes to a local repo: host03 is still in the inventory
+        data["host03"]["borgbackup"]["jobs"]["system"]["repo"] = "/var/backups/host03"
+    moved_inventory = inventory("inventory-moved.py", moved)
+    refused = pyinfra(moved_inventory, "deploys/backup_server.py", env=setup["env"])
+    assert refused.returncode != 0 and "backup: nothing was changed: - borg: SHA256:" in refused.stdout
+    assert "pyinfra-backup@host03 (repo /var/lib/borgbackup/host03) would be removed, but host03 is still in the " \
+           "inventory" in refused.stdout and "--data revoke=host03" in refused.stdout
+    assert fleet.run("backup", keys_file).stdout == before
+    revoked = pyinfra(moved_inventory, "deploys/backup_server.py", "--data", "revoke=host03", env=setup["env"])
+    assert revoked.returncode == 0, revoked.stdout
+    assert "backup: authorized_keys - borg: SHA256:" in revoked.stdout and "pyinfra-backup@host03" in revoked.stdout
+    assert "pyinfra-backup@host03" not in fleet.run("backup", keys_file).stdout
+
+    without_operator = {"borgbackup": {"repos": {}}}
+    no_operator = pyinfra(fleet.write_inventory(setup["tmp"] / "inventory-no-operator.py", {
+        **{client: setup["client_data"](client) for client in CLIENTS}, "backup": without_operator}, groups),
+        "deploys/backup_server.py", env=setup["env"])
+    restored = pyinfra(setup["inventory"], "deploys/backup_server.py", env=setup["env"])  # host03 enrolled again
+    assert restored.returncode == 0, restored.stdout
+    assert "backup: authorized_keys + borg: SHA256:" in restored.stdout
+    assert sorted(fleet.run("backup", keys_file).stdout.splitlines()) == sorted(before.splitlines())
+    assert no_operator.returncode != 0 and "would keep no operator key" in no_operator.stdout, no_operator.stdout
+
+
 def test_rerun_changes_nothing_in_one_remote_command_per_host(setup):
     fleet = setup["fleet"]
     before = {name: fleet.exec_count(name) for name in [*CLIENTS, "backup"]}

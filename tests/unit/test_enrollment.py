@@ -1,11 +1,14 @@
 """Who backs up where, and the authorized_keys lines a repo server gets."""
 
+import subprocess
+
 import pytest
 
 from pyinfra_backup.enrollment import (
-    Server, authorized_keys, client_location, find_server, installed_keys, plan_jobs, repo_host, repo_serve_command,
-    server_repos,
+    Server, authorized_keys, client_location, find_server, fingerprint, installed_keys, key_changes, plan_jobs,
+    repo_host, repo_serve_command, server_repos, unexplained_removals,
 )
+from pyinfra_backup.validate import _repo_host_errors
 
 KEY_A = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA host01"
 KEY_OP = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB operator"
@@ -102,3 +105,63 @@ def test_borg_connections_send_keepalives_so_a_network_cut_ends_them():
     assert "-o ServerAliveInterval=30 " in default.location.rsh
     [tuned] = plan_jobs("host01", {"borgbackup": {"jobs": {"system": job}, "serverAliveInterval": 5}}, servers())
     assert "-o ServerAliveInterval=5 " in tuned.location.rsh
+
+
+# --- what a server run would remove ---------------------------------------------------------------------------
+
+def _server_lines(*clients, operator=True):
+    server = Server.from_data("backup", {"borgbackup": {"repos": {}, "operatorKeys": [KEY_OP] if operator else []}})
+    return authorized_keys(server_repos(server, {c: f"ssh-ed25519 {k} pyinfra-backup@{c}" for c, k in clients}),
+                           server.operator_keys)
+
+
+def _text(lines):
+    return {user: "".join(line + "\n" for line in user_lines) for user, user_lines in lines.items()}
+
+
+def test_fingerprint_is_ssh_keygens(tmp_path):
+    key = tmp_path / "k"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "c@h", "-f", str(key)], check=True)
+    shown = subprocess.run(["ssh-keygen", "-l", "-f", f"{key}.pub"], capture_output=True, text=True, check=True).stdout
+    assert fingerprint(key.with_suffix(".pub").read_text()) == shown.split()[1]
+
+
+def test_a_client_left_out_while_in_the_inventory_is_refused_unless_revoked():
+    now = _server_lines(("host01", "AAAAC3NzaC1lZDI1NTE5AAAAIA"), ("host02", "AAAAC3NzaC1lZDI1NTE5AAAAIB"))
+    wanted = _server_lines(("host01", "AAAAC3NzaC1lZDI1NTE5AAAAIA"))
+    changes = key_changes(_text(now), wanted)
+    assert [(c.added, c.repo_path) for c in changes] == [(False, "/var/lib/borgbackup/host02")]
+    [why] = unexplained_removals(changes, wanted, {"host01", "host02"}, {}, set())
+    assert "pyinfra-backup@host02 (repo /var/lib/borgbackup/host02) would be removed, but host02 is still" in why
+    assert unexplained_removals(changes, wanted, {"host01", "host02"}, {}, {"host02"}) == []
+    assert unexplained_removals(changes, wanted, {"host01"}, {}, set()) == []  # host02 left the inventory
+    assert unexplained_removals(changes, wanted, {"host01", "host02"}, {}, {changes[0].fingerprint}) == []
+
+
+def test_a_new_key_for_the_same_repo_is_a_replacement_not_a_revocation():
+    now = _server_lines(("host01", "AAAAC3NzaC1lZDI1NTE5AAAAIA"))
+    wanted = _server_lines(("host01", "AAAAC3NzaC1lZDI1NTE5AAAAIC"))
+    changes = key_changes(_text(now), wanted)
+    assert sorted(c.added for c in changes) == [False, True]
+    assert unexplained_removals(changes, wanted, {"host01"}, {}, set()) == []
+
+
+def test_the_last_operator_key_is_refused_a_rotated_one_is_not():
+    clients = (("host01", "AAAAC3NzaC1lZDI1NTE5AAAAIA"),)
+    now, wanted = _server_lines(*clients), _server_lines(*clients, operator=False)
+    [why] = unexplained_removals(key_changes(_text(now), wanted), wanted, {"host01"}, {}, set())
+    assert "(operator key) would be removed: borg would keep no operator key" in why
+    assert unexplained_removals(key_changes(_text(now), wanted), wanted, {"host01"}, {}, {"operator"}) == []
+    rotated = {user: [line.replace(KEY_OP, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAID op2") for line in lines]
+               for user, lines in now.items()}
+    assert unexplained_removals(key_changes(_text(now), rotated), rotated, {"host01"}, {}, set()) == []
+
+
+def test_a_repo_host_close_to_a_servers_name_is_a_typo():
+    client = {"borgbackup": {"jobs": {"system": {"repo": "borg@bakup:.", "paths": ["/etc"]}}}}
+    external = {"borgbackup": {"jobs": {"system": {"repo": "u123@u123.your-storagebox.de:repo", "paths": ["/etc"]}}}}
+    data = {"backup": {"ssh_hostname": "10.0.0.2", "borgbackup": {"repos": {}}}, "h1": client, "h2": external,
+            "h3": {"borgbackup": {"jobs": {"system": {"repo": "borg@10.0.0.2:.", "paths": ["/etc"]}}}}}
+    assert _repo_host_errors(data) == [
+        "h1: borgbackup.jobs.system.repo: expected a host of the inventory or one outside it, got 'borg@bakup:.': "
+        "bakup is no host of the inventory, did you mean backup?"]
