@@ -32,6 +32,7 @@ import os
 import re
 import reprlib
 import struct
+import sys
 from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,6 +41,7 @@ from pyinfra.api.exceptions import PyinfraError
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "inventory" / "schema.json"
 _MEMO = "_pyinfra_backup_host_data_errors"  # attribute set on pyinfra's State
+_REPORTED = "_pyinfra_backup_host_data_reported"
 
 
 class InvalidHostData(PyinfraError):
@@ -450,6 +452,7 @@ def require_valid_inventory(state=None) -> None:
     Call it at the top of every deploy file. The first call of a run validates all hosts and remembers the
     result on the state object, so the other hosts' calls cost nothing. An inventory found valid before,
     with the same code and schema, is not validated again (see CACHE_DIR)."""
+    under_cli = state is None
     if state is None:
         from pyinfra.context import ctx_state
 
@@ -467,7 +470,26 @@ def require_valid_inventory(state=None) -> None:
                 _remember_valid(digest)
         setattr(state, _MEMO, errors)
     if errors:
-        raise InvalidHostData(
-            f"invalid host data ({len(errors)} problem{'s' * (len(errors) > 1)}), nothing was changed:\n"
-            + "\n".join(errors)
-        )
+        source = _inventory_source() if under_cli else None
+        message = (f"invalid host data{f' in {source}' if source else ''} ({len(errors)} problem"
+                   f"{'s' * (len(errors) > 1)}), nothing was changed:\n" + "\n".join(errors))
+        if under_cli and not getattr(state, _REPORTED, False):
+            # One clean block and exit 1: pyinfra's own report would prefix "error in <file> line N". The other
+            # hosts' loads (greenlets that may still run while the process exits) raise the plain error, unreported.
+            from pyinfra import logger
+
+            setattr(state, _REPORTED, True)
+            logger.error(message)
+            raise SystemExit(1)
+        raise InvalidHostData(message)
+
+
+def _inventory_source() -> str | None:
+    """The inventory as given on pyinfra's command line (parsed again, as pyinfra's CLI parses it)."""
+    try:
+        from pyinfra_cli.cli import cli
+
+        with cli.make_context("pyinfra", sys.argv[1:], resilient_parsing=True) as context:
+            return str(context.params.get("inventory") or "") or None
+    except Exception:  # not pyinfra's command line: say nothing rather than something wrong
+        return None

@@ -227,7 +227,8 @@ def test_6_a_malformed_inventory_stops_a_real_run_before_any_host_changes(faults
     before, commands = host_state(fleet), {name: fleet.exec_count(name) for name in [*CLIENTS, SERVER]}
     run = faults.pyinfra(deploy, "--data", "backup_force=true", inventory=inventory)
     assert run.returncode != 0
-    assert "invalid host data" in run.stdout and "nothing was changed" in run.stdout, run.stdout
+    assert f"invalid host data in {inventory} (" in run.stdout and "nothing was changed" in run.stdout, run.stdout
+    assert "pyinfra error in" not in run.stdout and "Traceback" not in run.stdout  # one clean block, not a crash
     assert f"{HOST}: {where}" in run.stdout, (kind, run.stdout)
     assert {name: fleet.exec_count(name) for name in [*CLIENTS, SERVER]} == commands  # not one remote command
     assert host_state(fleet) == before
