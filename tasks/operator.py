@@ -67,7 +67,9 @@ def passphrase(host, planned: PlannedJob) -> bytes:
 def secret(host, planned: PlannedJob) -> bytes:
     """`passphrase`, asked once per run and job (the operator's listing, prune and compact share it);
     kept in this process's memory only."""
-    cache = host.__dict__.setdefault("_pyinfra_backup_secrets", {})
+    if not hasattr(host, "_pyinfra_backup_secrets"):  # (on the host itself: `host` may be pyinfra's context proxy)
+        host._pyinfra_backup_secrets = {}
+    cache = host._pyinfra_backup_secrets
     if planned.job.name not in cache:
         cache[planned.job.name] = passphrase(host, planned)
     return cache[planned.job.name]
