@@ -25,6 +25,7 @@ from pyinfra.api import FactBase
 from pyinfra_backup.borg import (
     BACKUP_KEY, KNOWN_HOSTS, STATE_DIR, RepoListing, borg_env, list_argv, parse_list,
 )
+from pyinfra_backup import ledger_store
 from pyinfra_backup.enrollment import PlannedJob, Server, plan_jobs, repo_accounts, server_repos
 from pyinfra_backup.metrics import TEXTFILE_NAME
 from pyinfra_backup.records import JobRecords, parse_records, read_sections
@@ -142,16 +143,32 @@ class BorgRepos(FactBase):
         return _listings(self.plan, parse_sections(output))
 
 
-def freshness(planned: PlannedJob, state: ClientState, listing: RepoListing, now: datetime) -> dict:
+def tampering(planned: PlannedJob, host_name: str) -> str | None:
+    """Why the archive ledger (on this, the operator's machine) holds the job's fleet repo as
+    tampered, or None. An unreadable ledger counts as tampered: maintenance stops on it too."""
+    if planned.server is None or not planned.job.keep:
+        return None
+    try:
+        found = ledger_store.load(planned.server.name, host_name).tampered
+    except ledger_store.LedgerError as error:
+        return str(error)
+    return f"{found.message()} (found {found.found}; maintenance stopped until acknowledged)" if found else None
+
+
+def freshness(planned: PlannedJob, state: ClientState, listing: RepoListing, now: datetime,
+              tampered: str | None = None) -> dict:
     """One job's freshness in the contract's shape, from the repo itself. A repo whose last
-    `borg check` failed is in error, whatever its listing says (`borg list` reads no data)."""
+    `borg check` failed is in error, whatever its listing says (`borg list` reads no data); one
+    the archive ledger holds as tampered (`tampered`: why) is `tampered`, whatever else."""
     job = planned.job
     archives = listing.job_archives(job.base_name(state.hostname)) if listing.exists else []
     last = archives[-1] if archives else None
     error, check = listing.error, state.records[job.name].check
     if not error and check and not check.ok:
         error = f"the last borg check failed (exit status {check.rc}, {check.time:%Y-%m-%d %H:%M} UTC)"
-    if error:
+    if tampered:
+        status, error = "tampered", tampered
+    elif error:
         status = "error"
     else:
         status = Schedule.parse(list(job.start_at)).due_state(last.time if last else None, now)
@@ -171,7 +188,8 @@ def freshness(planned: PlannedJob, state: ClientState, listing: RepoListing, now
 
 
 class BackupFreshness(FactBase):
-    """Freshness of every job of the host, from its repos, in one remote command:
+    """Freshness of every job of the host, from its repos, in one remote command (and the archive
+    ledger of this machine: `tampered`):
     `{job: {repo, last_archive, last_time, age_seconds, due, status, error, original_size, deduplicated_size}}`."""
 
     def command(self) -> str:
@@ -182,7 +200,8 @@ class BackupFreshness(FactBase):
         sections = parse_sections(output)
         state, listings = _client_state(self.plan, sections), _listings(self.plan, sections)
         now = datetime.now(timezone.utc)
-        return {p.job.name: freshness(p, state, listings[p.job.name], now) for p in self.plan}
+        host_name = context.host.name
+        return {p.job.name: freshness(p, state, listings[p.job.name], now, tampering(p, host_name)) for p in self.plan}
 
 
 @dataclass

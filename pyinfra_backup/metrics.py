@@ -47,6 +47,7 @@ Where each value comes from
 - last_check / last_check_success: the check record's time and `rc == 0`, else `check_ok` (a success);
 - due: the first calendar event of `startAt` after the last archive's `archive.start` (the time
   `facts.borg.BackupFreshness` compares), i.e. when the job stops being "fresh";
+- tampered: the operator's archive ledger (`pyinfra_backup/ledger.py`), for fleet repos with `prune.keep`;
 - schedule period: the seconds from that event to the next one, so that
   `time() >= due + period` is exactly the fact's "stale" (no archive since the event before the
   last one). For a regular schedule it is the schedule's period (hourly: 3600).
@@ -85,6 +86,7 @@ class JobMetrics:
     repo_used_bytes: int | None = None
     due: float | None = None
     schedule_period: float | None = None
+    tampered: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,9 @@ METRICS: tuple[Metric, ...] = (
            "Unix time of the first calendar event (startAt) after the job's last archive: it is due from then."),
     Metric("borg_backup_schedule_period_seconds", "schedule_period",
            "Seconds from the due event to the next calendar event: stale when time() >= due + period."),
+    Metric("borg_backup_tampered", "tampered",
+           "1 if archives vanished from the job's fleet repo that no operator prune removed: prune and compact "
+           "of it stopped until an operator acknowledges it (tasks.borg.acknowledge_tampering)."),
 )
 METRIC_NAMES = frozenset(m.name for m in METRICS)
 assert {m.field for m in METRICS} == {f.name for f in fields(JobMetrics)}
@@ -238,10 +243,12 @@ def job_metrics_from_records(
     archives: int | None = None,
     start_at: str | Iterable[str] | None = None,
     quota: str | int | None = None,
+    tampered: bool | None = None,
 ) -> JobMetrics:
     """One job's metrics from its `records.JobRecords` (module docstring) and what the caller knows:
     `archives`: the job's archive count; `start_at`: its `startAt` (due and period need it and a
-    create record); `quota`: its repo's quota ("100G" or bytes)."""
+    create record); `quota`: its repo's quota ("100G" or bytes); `tampered`: whether the archive
+    ledger holds its fleet repo as tampered (None: no ledger, a repo not pruned by the operator)."""
     create = getattr(records, "create", None) or {}
     archive = create.get("archive") or {}
     stats = archive.get("stats") or {}
@@ -278,4 +285,5 @@ def job_metrics_from_records(
         repo_used_bytes=_int(cache_stats.get("unique_csize")),
         due=due,
         schedule_period=period,
+        tampered=tampered,
     )

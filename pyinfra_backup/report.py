@@ -6,7 +6,7 @@ Run from the project root (like pyinfra: `facts.*` and the inventory's imports r
 working directory). Each host is connected over pyinfra's own connectors and read once with
 `facts.borg.BackupFreshness`; hosts are read in parallel.
 
-Table columns: host, job, last archive, age, status (fresh | due | stale | missing | error, or
+Table columns: host, job, last archive, age, status (fresh | due | stale | missing | error | tampered, or
 `unreachable` for a host that could not be read), size (original / deduplicated size of the last
 archive, when the fact gives them). A host without jobs shows one row with job `-`. Reasons for
 errors follow the table, then a one-line summary.
@@ -19,7 +19,7 @@ errors follow the table, then a one-line summary.
                                    age_seconds, due, status, error[, original_size,
                                    deduplicated_size]>}}}}
 
-Exit status: 0 when every host was read and no job is stale or in error ("due" and "missing" are
+Exit status: 0 when every host was read and no job is stale, in error or tampered ("due" and "missing" are
 not failures: a job waiting for its next run, a job that never ran); 1 otherwise; 2 when the
 inventory cannot be loaded or the arguments are wrong.
 """
@@ -33,8 +33,8 @@ import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
-FAILING = frozenset({"stale", "error"})
-STATUSES = ("fresh", "due", "stale", "missing", "error")
+FAILING = frozenset({"stale", "error", "tampered"})
+STATUSES = ("fresh", "due", "stale", "missing", "error", "tampered")
 
 
 # ----------------------------------------------------------------------------- pure formatting
@@ -76,7 +76,7 @@ def format_size(entry: Mapping) -> str:
 
 
 def is_ok(report: Mapping) -> bool:
-    """Every host read, no job stale or in error."""
+    """Every host read, no job stale, in error or tampered."""
     return all(
         host["reachable"] and host.get("error") is None
         and not any(job.get("status") in FAILING for job in host["jobs"].values())
@@ -188,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pyinfra_backup.report",
         description="Freshness of every backup job of every host (one remote command per host).",
-        epilog="Exit status: 0 all fine; 1 a job stale or in error, or a host unreachable; 2 bad usage.",
+        epilog="Exit status: 0 all fine; 1 a job stale, in error or tampered, or a host unreachable; 2 bad usage.",
     )
     parser.add_argument("inventory", help="pyinfra inventory (file, host list or module), as for `pyinfra INVENTORY`")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -10,6 +10,7 @@ from a deploy (see deploys/backup.py) or directly:
 from __future__ import annotations
 
 import os
+import shutil
 from datetime import datetime, timezone
 
 from pyinfra import host, inventory, logger
@@ -22,7 +23,7 @@ from pyinfra.facts.server import Home
 from facts.borg import (
     BorgRepoFiles, RestoreTarget, backup_key as client_key, changed_in_run, client_at_start, client_state,
     enrolled_clients, fleet_servers, forget, host_keys, host_plan, repo_listings, server_state, servers_of,
-    textfile_path,
+    tampering, textfile_path,
 )
 from tasks import operator
 from tasks.common import HostError, host_operation
@@ -30,6 +31,7 @@ from pyinfra_backup.borg import (
     BACKUP_KEY, KNOWN_HOSTS, check_argv, compact_argv, create_argv,
     extract_argv, borg_env, explain_errors, init_argv, parse_interval, prune_argv,
 )
+from pyinfra_backup import ledger, ledger_store
 from pyinfra_backup.dumps import DataSpec, create_script
 from pyinfra_backup.enrollment import (
     REPO_BASE, authorized_keys, installed_keys, key_changes, repo_accounts, repo_serve_command, server_repos,
@@ -353,7 +355,7 @@ def create(job: str):
 def _run_operator_borg(state, host, planned, location, argvs: list[list[str]]) -> bool:  # noqa: F811 (pyinfra passes `host`)
     """Run borg on the operator's machine with the operator's key (full access); see tasks/operator.py."""
     try:
-        secret = operator.passphrase(host, planned)
+        secret = operator.secret(host, planned)
         for argv in argvs:
             operator.run_borg(planned, location, argv, secret)
     except operator.OperatorError as error:
@@ -364,13 +366,85 @@ def _run_operator_borg(state, host, planned, location, argvs: list[list[str]]) -
     return True
 
 
+# --- the archive ledger (pyinfra_backup/ledger.py): no full-access prune after a client's delete ----
+
+
+def _ledger_of(planned, error=None) -> ledger.Ledger:
+    try:
+        return ledger_store.load(planned.server.name, host.name)
+    except ledger_store.LedgerError as problem:
+        raise (error or JobError)(planned.job.name, str(problem)) from None
+
+
+def _keep_ledger(state, host, server: str, repo: str, kept: ledger.Ledger, note: str | None = None) -> bool:  # noqa: F811
+    try:
+        ledger_store.save(server, repo, kept)
+    except ledger_store.LedgerError as error:
+        host.log_styled(str(error), fg="red", log_func=logger.error)
+        return False
+    if note:
+        host.log_styled(note, fg="yellow", log_func=logger.warning)
+    return True
+
+
+def _tampered(planned, recorded: ledger.Ledger, found: ledger.Tampering) -> str:
+    job, server = planned.job.name, planned.server.name
+    return (f"the repo was tampered with (found {found.found}): {found.message()}. No prune or compact ran; "
+            f"maintenance of this repo stays stopped. Bring the archives back: `tasks.borg.rollback repo={host.name} "
+            f"before=<a time before the tampering; last clean listing {recorded.listed_at}> --limit {server}`, "
+            f"`tasks.borg.forget_repo_state job={job} --limit {host.name}`, then "
+            f"`tasks.borg.acknowledge_tampering job={job} --limit {host.name}`")
+
+
+class _AckError(HostError):
+    def __init__(self, job: str, message: str):
+        super().__init__(f"{host.name}: job {job}: {message}")
+
+
+def _operator_listing(planned, location, error=JobError):
+    """The repo as the operator's own borg lists it (a client cannot forge it)."""
+    try:
+        listing = operator.listing(host, planned, location)
+    except operator.OperatorError as problem:
+        raise error(planned.job.name, str(problem)) from None
+    if listing.error or not listing.exists:
+        raise error(planned.job.name, f"cannot read repo with the operator's key: {listing.error or 'no repo'}")
+    return listing
+
+
+def _prune_with_ledger(planned, base: str, recorded: ledger.Ledger):
+    """Prune + compact of a fleet repo with the operator's key, only after the operator's listing
+    matched the archive ledger; the ledger is written before borg runs (our deletions are ours)."""
+    job, server, now = planned.job.name, planned.server.name, _now()
+    location = operator.location(host, planned)
+    listing = _operator_listing(planned, location)
+    found = ledger.compare(recorded, listing.archives, listing.repo_id, now)
+    if found:
+        yield FunctionCommand(_keep_ledger, (server, host.name, ledger.mark_tampered(recorded, found)), {})
+        raise JobError(job, _tampered(planned, recorded, found))
+    archives = listing.prune_candidates(planned.job, base)
+    doomed = to_prune(archives, planned.job.keep, now)
+    seen = ledger.observe(recorded, listing.archives, listing.repo_id, now, pruned=[a.name for a in doomed])
+    yield FunctionCommand(_keep_ledger, (server, host.name, seen), {})
+    if not doomed:
+        host.noop(f"{job}: nothing to prune ({len(archives)} archives within prune.keep; ledger: {len(seen.archives)})")
+        return
+    wait = _lock_wait()
+    argvs = [prune_argv(planned.job, base, location.url, wait), compact_argv(planned.job, location.url, wait)]
+    yield FunctionCommand(_run_operator_borg, (planned, location, argvs), {})
+
+
 @host_operation
 def prune(job: str):
-    """`borg prune` with `prune.keep` on this job's archives only, then `borg compact`, after a
-    create of this run (or when forced); only when borg would delete something. Repos on fleet servers are pruned with the operator's
-    key (`borgbackup.operatorIdentity`), never with the host's append-only key.
+    """`borg prune` with `prune.keep` on this job's archives only, then `borg compact`, after a create
+    of this run (or when forced), only when borg would delete something. Repos on fleet servers are
+    listed and pruned with the operator's key (`borgbackup.operatorIdentity`), never the host's
+    append-only key, and only when that listing matches the archive ledger: a repo that lost archives
+    no operator prune removed is marked tampered, and fails the host on every run until acknowledged.
 
-    Example: `prune(job="system")`.
+    + job: the job (`borgbackup.jobs.<job>`)
+
+    **Example:** ``prune(job="system")``
     """
     planned = _job(job)
     if planned is None:
@@ -378,26 +452,54 @@ def prune(job: str):
     if not planned.job.keep:
         host.noop(f"{job}: no prune.keep")
         return
+    recorded = _ledger_of(planned) if planned.server is not None else None
+    if recorded is not None and recorded.tampered:
+        raise JobError(job, _tampered(planned, recorded, recorded.tampered))
     if job not in _created() and not _forced(job):
         host.noop(f"{job}: no new archive in this run, nothing new to prune")
         return
     base = planned.job.base_name(client_state(host).hostname)
-    listing = _readable_listing(job)
-    archives = listing.prune_candidates(planned.job, base)
+    if recorded is not None:
+        yield from _prune_with_ledger(planned, base, recorded)
+        return
+    archives = _readable_listing(job).prune_candidates(planned.job, base)
     doomed = to_prune(archives, planned.job.keep, _now())
     if not doomed:
         host.noop(f"{job}: nothing to prune ({len(archives)} archives within prune.keep)")
         return
-    location = planned.location if planned.server is None else operator.location(host, planned)
-    wait = _lock_wait()
-    argvs = [prune_argv(planned.job, base, location.url, wait), compact_argv(planned.job, location.url, wait)]
-    if planned.server is not None:
-        yield FunctionCommand(_run_operator_borg, (planned, location, argvs), {})
-        return
     forget(host)
-    env = borg_env(planned.job, location)
-    for argv in argvs:
+    env, wait = borg_env(planned.job, planned.location), _lock_wait()
+    for argv in (prune_argv(planned.job, base, planned.location.url, wait), compact_argv(planned.job, planned.location.url, wait)):
         yield with_env(env, argv)
+
+
+@host_operation
+def acknowledge_tampering(job: str):
+    """Acknowledge that the job's fleet repo was found tampered (`BackupFreshness`: `tampered`), once
+    its archives are back (`rollback`, then `forget_repo_state`) or their loss is accepted: the
+    operator's listing of the repo becomes the ledger's reference, recorded archives missing from it
+    are kept in the ledger as lost, and prune + compact resume. Changes nothing when not tampered.
+
+    + job: the job (`borgbackup.jobs.<job>`) whose repo was found tampered
+
+    **Example:**
+
+    .. code:: shell
+
+        pyinfra -y INVENTORY tasks.borg.acknowledge_tampering job=system --limit host01
+    """
+    planned = _planned(job)
+    if planned.server is None:
+        raise _AckError(job, "its repo is not on a fleet repo server: it has no archive ledger")
+    recorded = _ledger_of(planned, _AckError)
+    if recorded.tampered is None:
+        host.noop(f"{job}: the repo is not marked tampered")
+        return
+    listing = _operator_listing(planned, operator.location(host, planned), _AckError)
+    acked = ledger.acknowledge(recorded, listing.archives, listing.repo_id, _now())
+    lost = acked.acknowledged[-1]["lost"]
+    note = f"{job}: tampering acknowledged; " + (f"recorded as lost: {', '.join(lost)}" if lost else "no archive lost")
+    yield FunctionCommand(_keep_ledger, (planned.server.name, host.name, acked, note), {})
 
 
 @host_operation
@@ -448,6 +550,7 @@ def _textfile(state) -> str:
             state.records[planned.job.name],
             archives=len(listing.job_archives(base)) if listing.exists else None,
             start_at=list(planned.job.start_at), quota=quota,
+            tampered=None if planned.server is None or not planned.job.keep else tampering(planned, host.name) is not None,
         )
     return render_textfile(host.name, jobs)
 
@@ -587,8 +690,9 @@ def rollback(repo: str, transaction: int | None = None, before: str | None = Non
 
 @host_operation
 def forget_repo_state(job: str):
-    """Forget what this host's borg remembers of the job's repo (security dir and cache), so
-    that it accepts a repo rolled back to an older state. Reads the repo id from the repo.
+    """Forget what this host's borg remembers of the job's repo (security dir and cache), and for a
+    fleet repo what the operator's borg here remembers of it (prune, compact and the ledger's listing
+    use it), so that both accept a repo rolled back to an older state. Reads the repo id from the repo.
 
     Example: `pyinfra INVENTORY tasks.borg.forget_repo_state job=system --limit host01`.
     """
@@ -606,8 +710,18 @@ def forget_repo_state(job: str):
         path for path in (f"{home}/.config/borg/security/{files.repo_id}", f"{home}/.cache/borg/{files.repo_id}")
         if host.get_fact(Directory, path=path)
     ]
-    if not remembered:
+    here = operator.remembered(files.repo_id) if planned.server is not None else []
+    if not remembered and not here:
         host.noop(f"{job}: nothing remembered of repo {files.repo_id[:12]}")
         return
     forget(host)
-    yield sh_join(["rm", "-rf", *remembered])
+    if remembered:
+        yield sh_join(["rm", "-rf", *remembered])
+    if here:
+        yield FunctionCommand(_forget_here, (here,), {})
+
+
+def _forget_here(state, host, paths: list[str]) -> bool:  # noqa: F811 (pyinfra passes `host`)
+    for path in paths:
+        shutil.rmtree(path)
+    return True

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pyinfra import inventory
 from pyinfra.api import StringCommand
 
-from pyinfra_backup.borg import Location, borg_env
+from pyinfra_backup.borg import Location, RepoListing, borg_env, list_argv, parse_list
 from pyinfra_backup.enrollment import PlannedJob, alive_interval, operator_location
 
 
@@ -62,6 +62,36 @@ def passphrase(host, planned: PlannedJob) -> bytes:
         raise OperatorError(f"job {job.name}: the passCommand failed on the host "
                             "(a host being rebuilt needs recover_passCommand)")
     return "\n".join(output.stdout_lines).encode()
+
+
+def secret(host, planned: PlannedJob) -> bytes:
+    """`passphrase`, asked once per run and job (the operator's listing, prune and compact share it);
+    kept in this process's memory only."""
+    if not hasattr(host, "_pyinfra_backup_secrets"):  # (on the host itself: `host` may be pyinfra's context proxy)
+        host._pyinfra_backup_secrets = {}
+    cache = host._pyinfra_backup_secrets
+    if planned.job.name not in cache:
+        cache[planned.job.name] = passphrase(host, planned)
+    return cache[planned.job.name]
+
+
+def listing(host, planned: PlannedJob, where: Location) -> RepoListing:
+    """The job's repo as the operator's own borg lists it (full-access key): what the archive ledger
+    compares, and what a client's key cannot forge (a client's own listing runs on the client)."""
+    proc = popen_borg(planned, where, list_argv(planned.job, where), secret(host, planned),
+                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate()
+    return parse_list(out.decode(errors="replace"), proc.returncode, err.decode(errors="replace"))
+
+
+def remembered(repo_id: str) -> list[str]:
+    """What the operator's borg remembers of a repo (security dir, cache), as borg 1.2 finds them:
+    a repo rolled back to an older state is refused until they are gone."""
+    base = os.environ.get("BORG_BASE_DIR") or os.path.expanduser("~")
+    config = os.environ.get("BORG_CONFIG_DIR") or os.path.join(os.environ.get("XDG_CONFIG_HOME") or f"{base}/.config", "borg")
+    cache = os.environ.get("BORG_CACHE_DIR") or os.path.join(os.environ.get("XDG_CACHE_HOME") or f"{base}/.cache", "borg")
+    security = os.environ.get("BORG_SECURITY_DIR") or f"{config}/security"
+    return [path for path in (f"{security}/{repo_id}", f"{cache}/{repo_id}") if os.path.isdir(path)]
 
 
 def popen_borg(planned: PlannedJob, where: Location, argv: list[str], secret: bytes, **popen) -> subprocess.Popen:

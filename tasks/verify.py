@@ -93,6 +93,8 @@ def _problem(job: str, entry: dict) -> str | None:
     status = entry["status"]
     if status == "error":
         return f"job {job}: the repo is in error: {entry['error']}"
+    if status == "tampered":
+        return f"job {job}: the repo was tampered with: {entry['error']}"
     if status == "missing":
         return f"job {job}: no archive of this job in {entry['repo']}"
     if status == "stale":

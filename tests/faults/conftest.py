@@ -43,7 +43,7 @@ class Faults:
         self.op_key = tmp / "operator_ed25519"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.op_key)], check=True)
         self.passphrases = {name: "pp-" + secrets.token_hex(12) for name in CLIENTS}
-        self.env = {"BORG_BASE_DIR": str(tmp / "operator-borg")}
+        self.env = {"BORG_BASE_DIR": str(tmp / "operator-borg"), "PYINFRA_BACKUP_STATE": str(tmp / "operator-state")}
         self.jobs = {name: {"system": job()} for name in CLIENTS}
         self.server_data = {"borgbackup": {"repos": {}, "operatorKeys": [self.op_key.with_suffix(".pub").read_text().strip()]}}
         self.argv_samples = ArgvSampler()

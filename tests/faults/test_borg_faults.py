@@ -1,4 +1,4 @@
-"""Faults of a backup run on real fleet hosts (issue 8, scenarios 1-5, 9-13), in file order on one setup.
+"""Faults of a backup run on real fleet hosts (issue 8, scenarios 1-5, 9-14), in file order on one setup.
 
 Each scenario breaks something real (a link, a borg process, a filesystem, a segment, a host key),
 runs what a user runs, asserts what the user sees, repairs, and ends with `Ledger.assert_kept`:
@@ -376,6 +376,61 @@ def test_13_a_network_cut_mid_create_fails_the_host_in_bounded_time_next_run_com
     assert again.returncode == 0, again.stdout
     fresh = faults.freshness(inventory)["host02"]
     assert fresh["bulk"]["status"] == "fresh" and not fresh["bulk"]["last_archive"].endswith("checkpoint"), fresh
+    kept.assert_kept()
+
+
+# --- 14: a client's own append-only key deletes its archives and adds backdated ones --------------------
+
+
+def test_14_an_append_only_delete_stops_maintenance_until_rollback_and_acknowledgement(faults):
+    fleet, client = faults.fleet, "host03"
+    kept_job = {"system": job(prune={"keep": {"within": "1d"}})}
+    inventory = faults.write_inventory("inventory-ledger.py", host03=faults.client_data(client, kept_job))
+    for _ in range(2):  # two real archives, each seen by the operator's listing of the prune step
+        time.sleep(1)  # archive names have second resolution
+        seen = faults.backup("--limit", client, "--data", "backup_force=true", inventory=inventory)
+        assert seen.returncode == 0, seen.stdout
+    real = faults.archives(client)
+    kept = faults.ledger(client)
+    before = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")
+    time.sleep(0.2)
+    # The attack, with the client's own key, known_hosts and passCommand: every real archive deleted,
+    # three small archives named like the job's, stamped in 2020 (prune.keep makes them due).
+    client_borg = f"BORG_PASSCOMMAND='cat /root/borg-pass' BORG_RSH='{CLIENT_RSH}' borg"
+    repo = f"borg@{fleet.host(SERVER).address}:."
+    junk = [f"{client}-system-2020-01-01T00:00:0{i}" for i in range(3)]
+    fleet.run(client, " && ".join([*(f"{client_borg} delete {repo}::{name}" for name in real),
+                                   *(f"{client_borg} create --timestamp {name[-19:]} {repo}::{name} /etc/hostname" for name in junk)]))
+    assert sorted(faults.archives(client)) == junk  # borg appears to obey the append-only key
+    segments = {name for name in faults.repo_files(client) if name.startswith("./data/")}
+
+    run = faults.backup("--limit", client, "--data", "backup_force=true", inventory=inventory)
+    assert run.returncode != 0, run.stdout
+    said = host_lines(run, client)
+    assert "tampered" in said and "tasks.borg.rollback" in said and all(name in said for name in real + junk), said
+    assert segments <= set(faults.repo_files(client))  # no compact: every segment is still there
+    assert set(junk) <= set(faults.archives(client))  # no prune: the junk is still there
+    assert faults.freshness(inventory)[client]["system"]["status"] == "tampered"
+    again = faults.backup("--limit", client, inventory=inventory)  # nothing due: still failing, still stopped
+    assert again.returncode != 0 and "tampered" in host_lines(again, client), again.stdout
+
+    back = faults.pyinfra("tasks.borg.rollback", f"repo={client}", f"before={before}", "--limit", SERVER, inventory=inventory)
+    assert back.returncode == 0, back.stdout
+    forget = faults.pyinfra("tasks.borg.forget_repo_state", "job=system", "--limit", client, inventory=inventory)
+    assert forget.returncode == 0, forget.stdout  # the client's and the operator's memory of the newer repo
+    assert faults.archives(client) == real  # every real archive back...
+    for name in real:  # ...and extractable
+        data = faults.borg(client, "extract", "--stdout", f"{{repo}}::{name}", "srv/data/hello.txt")
+        assert data.stdout == f"hello from {client}\n"
+    ack = faults.pyinfra("tasks.borg.acknowledge_tampering", "job=system", "--limit", client, inventory=inventory)
+    assert ack.returncode == 0 and "no archive lost" in ack.stdout, ack.stdout
+    ack_again = faults.pyinfra("tasks.borg.acknowledge_tampering", "job=system", "--limit", client, inventory=inventory)
+    assert ack_again.returncode == 0 and f"[{client}] No changes" in ack_again.stdout, ack_again.stdout
+    assert faults.freshness(inventory)[client]["system"]["status"] == "fresh"
+    time.sleep(1)
+    after = faults.backup("--limit", client, "--data", "backup_force=true", inventory=inventory)
+    assert after.returncode == 0, after.stdout
+    assert len(faults.archives(client)) == len(real) + 1
     kept.assert_kept()
 
 

@@ -19,7 +19,7 @@ FULL = JobMetrics(
     last_success=1_700_000_100.5, last_attempt=1_700_000_100.5, last_attempt_success=True, duration=12.25,
     original_bytes=1_000_000, compressed_bytes=400_000, deduplicated_bytes=12_345, archives=7,
     last_check=1_699_000_000, last_check_success=True, repo_quota_bytes=100 * 10**9, repo_used_bytes=5 * 10**9,
-    due=1_700_006_400, schedule_period=3600,
+    due=1_700_006_400, schedule_period=3600, tampered=False,
 )
 FIELD_OF = {m.name: m.field for m in METRICS}
 
@@ -55,7 +55,7 @@ def test_names_follow_prometheus_conventions():
             assert metric.name.endswith("_seconds")
         if "bytes" in metric.name:
             assert metric.name.endswith("_bytes")
-    assert len(METRIC_NAMES) == len(METRICS) == 14
+    assert len(METRIC_NAMES) == len(METRICS) == 15
 
 
 def test_jobs_sorted_and_grouped_under_one_header_per_family():

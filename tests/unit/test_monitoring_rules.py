@@ -37,7 +37,7 @@ def alert_names(text: str) -> list[str]:
 def test_promtool_checks_the_rules_and_the_example_config():
     rules = promtool("check", "rules", "alerts.yml")
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    assert "SUCCESS: 5 rules found" in rules.stdout
+    assert "SUCCESS: 6 rules found" in rules.stdout
     config = promtool("check", "config", "prometheus.yml")
     assert config.returncode == 0, config.stdout + config.stderr
 
@@ -46,7 +46,8 @@ def test_promtool_unit_tests_of_every_alert_pass():
     run = promtool("test", "rules", "alerts_test.yml")
     assert run.returncode == 0, run.stdout + run.stderr
     names = alert_names(ALERTS.read_text())
-    assert names == ["BorgBackupStale", "BorgBackupFailed", "BorgCheckOverdue", "BorgCheckFailed", "BorgRepoNearQuota"]
+    assert names == ["BorgBackupStale", "BorgBackupFailed", "BorgCheckOverdue", "BorgCheckFailed", "BorgRepoNearQuota",
+                     "BorgRepoTampered"]
     tested = set(re.findall(r"alertname: (\w+)", (DOCS / "alerts_test.yml").read_text()))
     assert tested == set(names)
 
