@@ -157,7 +157,9 @@ class Env:
         # A bytecode cache, as on a user's machine: this sandbox sets PYTHONDONTWRITEBYTECODE=1, which
         # makes every pyinfra start compile its imports again (~0.5 s). The cache lives outside the tree.
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-        return {**env, "BORG_BASE_DIR": str(self.work / "operator-borg"), "PYTHONPYCACHEPREFIX": str(self.work / "pycache")}
+        borg_dir = str(self.work / "operator-borg")
+        return {**env, "BORG_BASE_DIR": borg_dir, "PYINFRA_BACKUP_BORG_BASE_DIR": borg_dir,
+                "PYTHONPYCACHEPREFIX": str(self.work / "pycache")}
 
     def host_data(self) -> dict:
         common = {"borgbackup": {"jobs": {JOB: self.job}, "operatorIdentity": str(self.op_key)}}

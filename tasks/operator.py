@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pyinfra import inventory
 from pyinfra.api import StringCommand
 
-from pyinfra_backup.borg import Location, borg_env
+from pyinfra_backup.borg import Location, borg_env, operator_env
 from pyinfra_backup.enrollment import PlannedJob, alive_interval, operator_location
 
 
@@ -65,11 +65,12 @@ def passphrase(host, planned: PlannedJob) -> bytes:
 
 
 def popen_borg(planned: PlannedJob, where: Location, argv: list[str], secret: bytes, **popen) -> subprocess.Popen:
-    """Start borg here with the job's environment and the passphrase on an anonymous pipe."""
+    """Start borg here with the job's environment (no `BORG_*` of the operator's shell: `operator_env`)
+    and the passphrase on an anonymous pipe."""
     read_end, write_end = os.pipe()
-    env = borg_env(planned.job, where, {"BORG_PASSPHRASE_FD": str(read_end)})
+    env = operator_env(os.environ, borg_env(planned.job, where, {"BORG_PASSPHRASE_FD": str(read_end)}))
     try:
-        proc = subprocess.Popen(argv, env={**os.environ, **env}, pass_fds=(read_end,), **popen)
+        proc = subprocess.Popen(argv, env=env, pass_fds=(read_end,), **popen)
     finally:
         os.close(read_end)
     with os.fdopen(write_end, "wb") as pipe:

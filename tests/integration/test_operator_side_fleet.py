@@ -1,0 +1,80 @@
+"""What the operator's machine brings to a run (issue 15): borg there takes no BORG_* variable of the
+operator's shell, and a repo server the operator reaches without strict host key checking is refused
+before anything changes.
+
+The tests run in file order on one setup: a repo server and a client enrolled by a real backup run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+
+from pyinfra_backup.borg import OPERATOR_BASE_DIR_VAR
+from tests.fleet import Fleet
+from tests.integration.helpers import DATA_SETUP, borg_job, operator_borg, pyinfra, tree
+
+pytestmark = pytest.mark.fleet
+
+CLIENT, SERVER = "opside01", "backup"
+# An operator whose shell is set up for borg of its own: every one of these would break (or redirect)
+# the operator-side borg of the run if it were inherited.
+SHELL_BORG = {"BORG_PASSPHRASE": "wrong", "BORG_PASSCOMMAND": "echo wrong", "BORG_REPO": "/nonexistent/repo",
+              "BORG_RSH": "false", "BORG_KEY_FILE": "/nonexistent/key"}
+
+
+@pytest.fixture(scope="module")
+def setup(_fleet_session, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("operator-side")
+    with Fleet() as fleet:
+        fleet.up([CLIENT, SERVER])
+        op_key = tmp / "operator_ed25519"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(op_key)], check=True)
+        passphrase = "pp-opside-" + op_key.read_bytes().hex()[-24:]
+        fleet.run(CLIENT, f"export PASS={passphrase}\n" + DATA_SETUP)
+        client = {"borgbackup": {"jobs": {"system": borg_job(SERVER, prune={"keep": {"daily": 1}})},
+                                 "operatorIdentity": str(op_key)}}
+        server = {"borgbackup": {"repos": {}, "operatorKeys": [op_key.with_suffix(".pub").read_text().strip()]}}
+        data = {CLIENT: client, SERVER: server}
+        inventory = fleet.write_inventory(tmp / "inventory.py", data)
+        env = {"BORG_BASE_DIR": str(tmp / "operator-borg")}
+        for deploy in ("deploys/backup_server.py", "deploys/backup.py"):
+            run = pyinfra(inventory, deploy, env=env)
+            assert run.returncode == 0, run.stdout
+        yield {"fleet": fleet, "tmp": tmp, "inventory": inventory, "data": data, "env": env, "op_key": op_key,
+               "pass": {CLIENT: passphrase}}
+
+
+def archives(setup) -> list[str]:
+    listing = operator_borg(setup, CLIENT, "list", "--json", "--glob-archives", f"{CLIENT}-system-2*", "{repo}")
+    return [archive["name"] for archive in json.loads(listing.stdout)["archives"]]
+
+
+def shell_env(setup) -> dict:
+    """The run's environment with the operator's own BORG_* (BORG_BASE_DIR too: not the run's)."""
+    return {OPERATOR_BASE_DIR_VAR: setup["env"]["BORG_BASE_DIR"], **SHELL_BORG,
+            "BORG_BASE_DIR": str(setup["tmp"] / "shell-borg-base")}
+
+
+def test_prune_on_the_operator_ignores_the_borg_variables_of_the_operators_shell(setup):
+    before = archives(setup)
+    time.sleep(1)  # archive names have second resolution
+    run = pyinfra(setup["inventory"], "deploys/backup.py", "--data", "backup_force=true", env=shell_env(setup))
+    assert run.returncode == 0, run.stdout
+    after = archives(setup)
+    assert len(after) == 1 and after != before, run.stdout  # keep.daily=1: the older archive was pruned, operator-side
+    assert not (setup["tmp"] / "shell-borg-base").exists()
+    check = operator_borg(setup, CLIENT, "check", "{repo}", check=False)
+    assert check.returncode == 0, check.stderr
+
+
+def test_a_relayed_restore_ignores_the_borg_variables_of_the_operators_shell(setup):
+    fleet = setup["fleet"]
+    run = pyinfra(setup["inventory"], "tasks.relay.restore", "job=system", "target=/srv/restore", "--limit", CLIENT,
+                  env=shell_env(setup))
+    assert run.returncode == 0, run.stdout
+    assert tree(fleet, CLIENT, "/srv/restore/srv/data") == tree(fleet, CLIENT, "/srv/data")
+    assert not (setup["tmp"] / "shell-borg-base").exists()
