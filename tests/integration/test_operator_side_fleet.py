@@ -78,3 +78,38 @@ def test_a_relayed_restore_ignores_the_borg_variables_of_the_operators_shell(set
     assert run.returncode == 0, run.stdout
     assert tree(fleet, CLIENT, "/srv/restore/srv/data") == tree(fleet, CLIENT, "/srv/data")
     assert not (setup["tmp"] / "shell-borg-base").exists()
+
+
+def write_inventory(setup, path, server_connection: dict):
+    """The setup's inventory with the repo server's SSH connection data replaced (the client's stays strict)."""
+    fleet, data = setup["fleet"], setup["data"]
+    entries = [(CLIENT, {**fleet.connection_data(CLIENT), **data[CLIENT]}), (SERVER, {**server_connection, **data[SERVER]})]
+    path.write_text("hosts = [\n" + "".join(f"    {entry!r},\n" for entry in entries) + "]\n")
+    return path
+
+
+@pytest.mark.parametrize("setting", ["unset", "accept-new", "no", "off"])
+def test_a_repo_server_reached_without_strict_host_key_checking_is_refused_before_anything_changes(setup, setting):
+    fleet, tmp = setup["fleet"], setup["tmp"]
+    connection = {key: value for key, value in fleet.connection_data(SERVER).items()
+                  if key != "ssh_strict_host_key_checking"}
+    if setting != "unset":
+        connection["ssh_strict_host_key_checking"] = setting
+    if setting == "accept-new":  # a file without the server's key: pyinfra's connection adds whatever answers
+        unpinned = tmp / "known_hosts.unpinned"
+        key = fleet.host_key(SERVER)
+        unpinned.write_text("".join(line + "\n" for line in fleet.known_hosts_path.read_text().splitlines() if key not in line))
+        connection["ssh_known_hosts_file"] = str(unpinned)
+    inventory = write_inventory(setup, tmp / f"inventory-{setting}.py", connection)
+    names = archives(setup)  # (the operator's borg: one exec on the server, before the count)
+    before = {name: fleet.exec_count(name) for name in (CLIENT, SERVER)}
+    run = pyinfra(inventory, "deploys/backup.py", "--data", "backup_force=true", env=setup["env"])
+    assert run.returncode != 0
+    assert f'{SERVER}: ssh_strict_host_key_checking: expected "yes" for a repo server' in run.stdout, run.stdout
+    assert ("unset (pyinfra's default: accept-new" in run.stdout) == (setting == "unset")
+    served = fleet.run(SERVER, "for key in /etc/ssh/ssh_host_*_key.pub; do ssh-keygen -lf $key; done").stdout.split("\n")
+    for line in filter(None, served):  # the fingerprint of every key the server has, as ssh-keyscan saw it here
+        bits, fingerprint, *_, kind = line.split()
+        assert f"ssh-keyscan -p {fleet.host(SERVER).ssh_port} {fleet.host(SERVER).address}: {bits} {fingerprint} " in run.stdout
+    assert {name: fleet.exec_count(name) for name in (CLIENT, SERVER)} == before  # no remote command, anywhere
+    assert archives(setup) == names
