@@ -11,6 +11,7 @@ pipe (`BORG_PASSPHRASE_FD`), never argv or the environment:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import time
@@ -91,13 +92,14 @@ def run_borg(planned: PlannedJob, where: Location, argv: list[str], secret: byte
 
 @dataclass
 class Piped:
-    """What `pipe_to_host` saw: bytes sent, the host script's output and exit status, seconds."""
+    """What `pipe_to_host` saw: bytes sent and their sha256, the host script's output and exit status, seconds."""
 
     sent: int
     output: str
     errors: str
     status: int
     seconds: float
+    sha256: str = ""
 
 
 def pipe_to_host(host, proc: subprocess.Popen, script: str, chunk: int = 1 << 20) -> Piped:
@@ -107,10 +109,11 @@ def pipe_to_host(host, proc: subprocess.Popen, script: str, chunk: int = 1 << 20
     started = time.monotonic()
     channel = host.connector.client.get_transport().open_session()
     channel.exec_command(script)
-    sent = 0
+    sent, digest = 0, hashlib.sha256()
     try:
         while data := proc.stdout.read(chunk):
             channel.sendall(data)
+            digest.update(data)
             sent += len(data)
     except OSError as error:
         proc.kill()
@@ -120,4 +123,4 @@ def pipe_to_host(host, proc: subprocess.Popen, script: str, chunk: int = 1 << 20
     channel.shutdown_write()
     output = channel.makefile("rb").read().decode(errors="replace")
     errors = channel.makefile_stderr("rb").read().decode(errors="replace")
-    return Piped(sent, output, errors, channel.recv_exit_status(), time.monotonic() - started)
+    return Piped(sent, output, errors, channel.recv_exit_status(), time.monotonic() - started, digest.hexdigest())

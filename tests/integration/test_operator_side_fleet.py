@@ -8,6 +8,7 @@ The tests run in file order on one setup: a repo server and a client enrolled by
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 
@@ -113,3 +114,51 @@ def test_a_repo_server_reached_without_strict_host_key_checking_is_refused_befor
         assert f"ssh-keyscan -p {fleet.host(SERVER).ssh_port} {fleet.host(SERVER).address}: {bits} {fingerprint} " in run.stdout
     assert {name: fleet.exec_count(name) for name in (CLIENT, SERVER)} == before  # no remote command, anywhere
     assert archives(setup) == names
+
+
+# --- a relayed restore whose stream is cut: nothing in place changes, no marker, the next run restores ---
+
+# The operator's borg as a wrapper: `export-tar` emits every member of the real stream before the last
+# regular file's header (a cut at a file boundary: GNU tar exits 0 on it) and exits 2; the rest is borg.
+CUT_BORG = r"""#!/usr/bin/python3
+import io, os, subprocess, sys, tarfile
+argv = ["/usr/bin/borg", *sys.argv[1:]]
+if "export-tar" not in argv:
+    os.execv(argv[0], argv)
+fd = int(os.environ["BORG_PASSPHRASE_FD"])
+whole = subprocess.run(argv, stdout=subprocess.PIPE, pass_fds=(fd,), check=True).stdout
+with tarfile.open(fileobj=io.BytesIO(whole)) as tar:
+    last = [member for member in tar.getmembers() if member.isfile()][-1]
+sys.stdout.buffer.write(whole[:last.offset])
+sys.stdout.flush()
+sys.stderr.write("Connection closed by remote host\n")
+sys.exit(2)
+"""
+# What a relayed restore may change on the host: the target, markers, kept files, stages.
+RESTORE_STATE = ("cd /srv/cut && find . -printf '%p %s %m\\n' | sort && cat srv/data/hello.txt; "
+                 "ls -A /var/lib/pyinfra-backup/restores /var/lib/pyinfra-backup/replaced /var/lib/pyinfra-backup/relay "
+                 "2>&1")
+
+
+def test_a_relayed_restore_cut_mid_stream_changes_nothing_in_place_and_the_next_run_restores_fully(setup):
+    fleet, tmp = setup["fleet"], setup["tmp"]
+    wrapper = tmp / "cut-borg"
+    wrapper.mkdir()
+    (wrapper / "borg").write_text(CUT_BORG)
+    (wrapper / "borg").chmod(0o755)
+    fleet.run(CLIENT, "mkdir -p /srv/cut/srv/data && echo live > /srv/cut/srv/data/hello.txt")
+    before = fleet.run(CLIENT, RESTORE_STATE, check=False).stdout
+    restore = ("tasks.relay.restore", "job=system", "target=/srv/cut", "overwrite=true", "--limit", CLIENT)
+    path = f"{wrapper}:{os.environ['PATH']}"
+    cut = pyinfra(setup["inventory"], *restore, env={**setup["env"], "PATH": path})
+    assert cut.returncode != 0
+    assert fleet.run(CLIENT, RESTORE_STATE, check=False).stdout == before  # no file, no marker, no stage left
+    assert "failed on the operator's machine: Connection closed by remote host; nothing in place changed" in cut.stdout, cut.stdout
+
+    full = pyinfra(setup["inventory"], *restore, env=setup["env"])
+    assert full.returncode == 0, full.stdout
+    assert "replaced /srv/cut/srv/data/hello.txt" in full.stdout and "on both ends" in full.stdout, full.stdout
+    assert tree(fleet, CLIENT, "/srv/cut/srv/data") == tree(fleet, CLIENT, "/srv/data")
+    again = pyinfra(setup["inventory"], *restore, "-v", env=setup["env"])
+    assert again.returncode == 0 and "already restored" in again.stdout
+    assert fleet.run(CLIENT, "ls -A /var/lib/pyinfra-backup/relay").stdout == ""
