@@ -104,14 +104,21 @@ def operator_archive(job: str, archive: str):
 @host_operation
 def restore(job: str, archive: str = "latest", target: str = "/", paths: list[str] | None = None, overwrite: bool = False,
             exclude: list[str] | tuple[str, ...] = ()):
-    """Restore an archive of the job through the operator's machine: `latest` (default), `state`
-    (the newest state archive) or a name; into `target` (default `/`, the original places), with
-    numeric owners and modes. A non-empty target needs `overwrite=True`; every file it replaces
-    is kept under /var/lib/pyinfra-backup/replaced/<archive>/. Restoring the same archive into the
-    same target again changes nothing. `exclude`: borg patterns left out (e.g. `pp:var/cache`).
-    Needs the job's repo on a fleet server (the operator's key).
+    """Restore an archive of the job through the operator's machine (its key, its borg), in two
+    phases: the host stages the stream; only once borg exited 0 and both ends saw the same sha256
+    does anything in `target` change. Restoring the same archive again changes nothing.
 
-    Example: `restore(job="system", archive="state", overwrite=True)` on a freshly installed host.
+    + job: the job (`borgbackup.jobs.<job>`), its repo on a fleet server
+    + archive: `latest`, `state` (the newest state archive) or an archive name
+    + target: absolute path; `/` puts files back in their places (numeric owners and modes)
+    + paths: only these archive paths; exclude: borg patterns left out (e.g. `pp:var/cache`)
+    + overwrite: needed for a non-empty target; replaced files go to /var/lib/pyinfra-backup/replaced/<archive>/
+
+    **Example:**
+
+    .. code:: python
+
+        relay.restore(job="system", archive="state", overwrite=True)   # a freshly installed host
     """
     if not target.startswith("/"):
         raise HostError(f"{host.name}: restore target must be an absolute path, got {target!r}")
