@@ -157,7 +157,9 @@ class Env:
         # A bytecode cache, as on a user's machine: this sandbox sets PYTHONDONTWRITEBYTECODE=1, which
         # makes every pyinfra start compile its imports again (~0.5 s). The cache lives outside the tree.
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-        return {**env, "BORG_BASE_DIR": str(self.work / "operator-borg"), "PYINFRA_BACKUP_STATE": str(self.work / "operator-state"),
+        borg_dir = str(self.work / "operator-borg")
+        return {**env, "BORG_BASE_DIR": borg_dir, "PYINFRA_BACKUP_BORG_BASE_DIR": borg_dir,
+                "PYINFRA_BACKUP_STATE": str(self.work / "operator-state"),
                 "PYTHONPYCACHEPREFIX": str(self.work / "pycache")}
 
     def host_data(self) -> dict:

@@ -6,14 +6,25 @@
 
 Job and server settings live in group_data/ (nixos_hosts.py, backup_servers.py);
 a host's own data overrides its groups' (pyinfra merges top-level keys).
+
+The operator reaches every host with its pinned host key only: pyinfra's default
+(`accept-new`) trusts whichever key answers first, and the clients pin the repo server's
+keys as read over that connection (a repo server reached without strict checking is
+refused). Pin each host once, after comparing its fingerprint out of band:
+
+    ssh-keyscan backup-server.lan | ssh-keygen -lf -         # here
+    ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub          # on the host's console: the same?
+    ssh-keyscan backup-server.lan >> ~/.ssh/fleet_known_hosts
 """
 
+_PINNED = {"ssh_strict_host_key_checking": "yes", "ssh_known_hosts_file": "~/.ssh/fleet_known_hosts"}
+
 nixos_hosts = [
-    ("desktop", {"ssh_hostname": "desktop.lan"}),
-    ("laptop", {"ssh_hostname": "laptop.lan"}),
-    ("homeserver", {"ssh_hostname": "homeserver.lan"}),
+    ("desktop", {"ssh_hostname": "desktop.lan", **_PINNED}),
+    ("laptop", {"ssh_hostname": "laptop.lan", **_PINNED}),
+    ("homeserver", {"ssh_hostname": "homeserver.lan", **_PINNED}),
 ]
 
 backup_servers = [
-    ("backup-server", {"ssh_hostname": "backup-server.lan"}),
+    ("backup-server", {"ssh_hostname": "backup-server.lan", **_PINNED}),
 ]

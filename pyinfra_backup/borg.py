@@ -172,6 +172,25 @@ def borg_env(job: Job, location: Location, extra: Mapping[str, str] | None = Non
     return env
 
 
+OPERATOR_BASE_DIR_VAR = "PYINFRA_BACKUP_BORG_BASE_DIR"  # the operator's borg keeps its cache and security dirs here
+
+
+def operator_env(inherited: Mapping[str, str], borg: Mapping[str, str]) -> dict[str, str]:
+    """The environment of borg run on the operator's machine: the operator's own (PATH, HOME, LANG,
+    SSH_AUTH_SOCK, ...) without any `BORG_*` of the shell, then `borg` (the job's `borg_env`). A shell's
+    BORG_PASSPHRASE or BORG_PASSCOMMAND wins over BORG_PASSPHRASE_FD (borg 1.2.4), and its BORG_REPO, BORG_RSH,
+    BORG_KEY_FILE or BORG_BASE_DIR would send borg elsewhere. BORG_BASE_DIR comes from
+    `$PYINFRA_BACKUP_BORG_BASE_DIR` when that is set (borg's default, `$HOME`, otherwise).
+
+    >>> operator_env({"PATH": "/bin", "BORG_PASSPHRASE": "x"}, {"BORG_PASSPHRASE_FD": "5"})
+    {'PATH': '/bin', 'BORG_PASSPHRASE_FD': '5'}
+    """
+    env = {key: value for key, value in inherited.items() if not key.startswith("BORG_")}
+    if inherited.get(OPERATOR_BASE_DIR_VAR):
+        env["BORG_BASE_DIR"] = inherited[OPERATOR_BASE_DIR_VAR]
+    return {**env, **borg}
+
+
 def _borg(job: Job, command: str, lock_wait: int | None = None) -> list[str]:
     """`borg [extraArgs] COMMAND [--lock-wait N]`: NixOS' `extraArgs` go to every borg call."""
     return ["borg", *job.extra_args, command, *(["--lock-wait", str(lock_wait)] if lock_wait is not None else [])]

@@ -41,7 +41,7 @@ PUSHED = ("new", "ahead")
 PROBLEMS = ("behind", "diverged", "unknown", "conflict", "missing")
 
 _UNSAFE_SSH = re.compile(
-    r"""StrictHostKeyChecking["']?(?:\s*=\s*|\s+)["']?(?:no|off|accept-new)\b"""
+    r"""StrictHostKeyChecking["']?(?:\s*=\s*|\s+)["']?(?:no|off|false|accept-new)\b"""
     r"""|UserKnownHostsFile["']?(?:\s*=\s*|\s+)["']?/dev/null\b""",
     re.IGNORECASE,
 )

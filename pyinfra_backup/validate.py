@@ -32,6 +32,7 @@ import os
 import re
 import reprlib
 import struct
+import subprocess
 import sys
 from collections import defaultdict
 from collections.abc import Mapping
@@ -404,6 +405,67 @@ def _repo_host_errors(data: Mapping[str, Mapping]) -> list[str]:
     return out
 
 
+# --- repo servers: the operator's connection must check their host key ------------------------------
+# Clients pin a repo server's host keys as read over the operator's pyinfra connection to it, so that
+# connection is the root of their trust: pyinfra's default `accept-new` (and `no`/`off`, `ask`) would let
+# whichever key answers first be pinned on every client. Never cached: it depends on more than host data.
+
+def _is_repo_server(data: Mapping) -> bool:
+    borg = data.get("borgbackup")
+    return isinstance(borg, Mapping) and borg.get("repos") is not None
+
+
+def host_key_checking_problem(name: str, data: Mapping) -> str | None:
+    """Why the operator's SSH connection to repo server `name` does not refuse an unknown or changed
+    host key, or None when its `ssh_strict_host_key_checking` is "yes" (pyinfra's strict policy).
+
+    >>> host_key_checking_problem("backup", {"borgbackup": {"repos": {}}}).split(", got ")[1][:38]
+    "unset (pyinfra's default: accept-new,"
+    """
+    if not _is_repo_server(data) or data.get("ssh_strict_host_key_checking") == "yes":
+        return None
+    if "ssh_strict_host_key_checking" not in data:
+        got = "unset (pyinfra's default: accept-new, a new key is trusted on first use)"
+    else:
+        got = _show(data["ssh_strict_host_key_checking"])
+    known_hosts = data.get("ssh_known_hosts_file") or "~/.ssh/known_hosts"
+    return (f"{name}: ssh_strict_host_key_checking: expected \"yes\" for a repo server (its clients pin the "
+            f"host keys read over this connection), got {got}; fix: compare the fingerprint below with the "
+            f"server's own out of band (on its console: ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub), "
+            f"pin it in {known_hosts} (ssh_known_hosts_file; this run's connection may already have added "
+            f"the key it was offered there, unchecked) and set ssh_strict_host_key_checking=\"yes\"")
+
+
+def scanned_fingerprints(address: str, port: int) -> list[str]:
+    """`ssh-keygen -lf` of the host keys `ssh-keyscan` sees at address:port from this machine, e.g.
+    `256 SHA256:... 10.0.0.5 (ED25519)`; [] when nothing answers."""
+    try:
+        scan = subprocess.run(["ssh-keyscan", "-T", "5", "-p", str(port), "--", address],
+                              capture_output=True, text=True, timeout=30)
+        listed = subprocess.run(["ssh-keygen", "-l", "-f", "-"], input=scan.stdout, capture_output=True, text=True,
+                                timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in listed.stdout.splitlines() if line.strip()]
+
+
+def untrusted_repo_servers(inventory) -> list[str]:
+    """A problem (with what ssh-keyscan sees, indented below it) for every repo server of the inventory
+    that pyinfra reaches over SSH without strict host key checking."""
+    from pyinfra.connectors.ssh import SSHConnector
+
+    out = []
+    for host in inventory:
+        if not issubclass(getattr(host, "connector_cls", type(None)), SSHConnector):
+            continue  # @local, @docker...: no host key
+        data = host.data.dict()
+        if problem := host_key_checking_problem(host.name, data):
+            address, port = str(data.get("ssh_hostname") or host.name), int(data.get("ssh_port") or 22)
+            seen = scanned_fingerprints(address, port) or ["no host key (nothing answered from here)"]
+            out.append("\n".join([problem, *(f"    ssh-keyscan -p {port} {address}: {line}" for line in seen)]))
+    return out
+
+
 # --- inventories found valid before -----------------------------------------------------------------
 # A run whose host data, schema and validation code are exactly those of an earlier valid run skips the
 # validation (and the import of jsonschema, ~60 ms): a marker file named by the digest of all of them.
@@ -447,7 +509,8 @@ def _remember_valid(digest: str) -> None:
 
 
 def require_valid_inventory(state=None) -> None:
-    """Stop the run (InvalidHostData) unless every host of the inventory has valid data.
+    """Stop the run (InvalidHostData) unless every host of the inventory has valid data and every repo
+    server is reached with strict host key checking (`untrusted_repo_servers`).
 
     Call it at the top of every deploy file. The first call of a run validates all hosts and remembers the
     result on the state object, so the other hosts' calls cost nothing. An inventory found valid before,
@@ -468,6 +531,7 @@ def require_valid_inventory(state=None) -> None:
             errors = inventory_errors(state.inventory)
             if not errors:
                 _remember_valid(digest)
+        errors = errors + untrusted_repo_servers(state.inventory)
         setattr(state, _MEMO, errors)
     if errors:
         source = _inventory_source() if under_cli else None

@@ -11,6 +11,7 @@ pipe (`BORG_PASSPHRASE_FD`), never argv or the environment:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import time
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pyinfra import inventory
 from pyinfra.api import StringCommand
 
-from pyinfra_backup.borg import Location, RepoListing, borg_env, list_argv, parse_list
+from pyinfra_backup.borg import Location, RepoListing, borg_env, list_argv, operator_env, parse_list
 from pyinfra_backup.enrollment import PlannedJob, alive_interval, operator_location
 
 
@@ -95,11 +96,12 @@ def remembered(repo_id: str) -> list[str]:
 
 
 def popen_borg(planned: PlannedJob, where: Location, argv: list[str], secret: bytes, **popen) -> subprocess.Popen:
-    """Start borg here with the job's environment and the passphrase on an anonymous pipe."""
+    """Start borg here with the job's environment (no `BORG_*` of the operator's shell: `operator_env`)
+    and the passphrase on an anonymous pipe."""
     read_end, write_end = os.pipe()
-    env = borg_env(planned.job, where, {"BORG_PASSPHRASE_FD": str(read_end)})
+    env = operator_env(os.environ, borg_env(planned.job, where, {"BORG_PASSPHRASE_FD": str(read_end)}))
     try:
-        proc = subprocess.Popen(argv, env={**os.environ, **env}, pass_fds=(read_end,), **popen)
+        proc = subprocess.Popen(argv, env=env, pass_fds=(read_end,), **popen)
     finally:
         os.close(read_end)
     with os.fdopen(write_end, "wb") as pipe:
@@ -120,13 +122,14 @@ def run_borg(planned: PlannedJob, where: Location, argv: list[str], secret: byte
 
 @dataclass
 class Piped:
-    """What `pipe_to_host` saw: bytes sent, the host script's output and exit status, seconds."""
+    """What `pipe_to_host` saw: bytes sent and their sha256, the host script's output and exit status, seconds."""
 
     sent: int
     output: str
     errors: str
     status: int
     seconds: float
+    sha256: str = ""
 
 
 def pipe_to_host(host, proc: subprocess.Popen, script: str, chunk: int = 1 << 20) -> Piped:
@@ -136,10 +139,11 @@ def pipe_to_host(host, proc: subprocess.Popen, script: str, chunk: int = 1 << 20
     started = time.monotonic()
     channel = host.connector.client.get_transport().open_session()
     channel.exec_command(script)
-    sent = 0
+    sent, digest = 0, hashlib.sha256()
     try:
         while data := proc.stdout.read(chunk):
             channel.sendall(data)
+            digest.update(data)
             sent += len(data)
     except OSError as error:
         proc.kill()
@@ -149,4 +153,4 @@ def pipe_to_host(host, proc: subprocess.Popen, script: str, chunk: int = 1 << 20
     channel.shutdown_write()
     output = channel.makefile("rb").read().decode(errors="replace")
     errors = channel.makefile_stderr("rb").read().decode(errors="replace")
-    return Piped(sent, output, errors, channel.recv_exit_status(), time.monotonic() - started)
+    return Piped(sent, output, errors, channel.recv_exit_status(), time.monotonic() - started, digest.hexdigest())

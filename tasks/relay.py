@@ -13,6 +13,7 @@ back first (the state archive); then the host enrolls and decrypts its secrets a
 from __future__ import annotations
 
 import re
+import secrets
 import subprocess
 import tempfile
 
@@ -21,9 +22,9 @@ from pyinfra.api import FunctionCommand
 
 from facts.borg import RestoreTarget, client_state, forget, host_plan
 from pyinfra_backup.borg import STAMP, export_tar_argv, list_argv, parse_list
-from pyinfra_backup.relay import REPLACED_DIR, pick_archive, unpack_script
+from pyinfra_backup.relay import RELAY_DIR, REPLACED_DIR, commit_script, discard_script, pick_archive, stage_script
 from tasks import operator
-from tasks.common import HostError, host_operation
+from tasks.common import HostError, host_operation, run_in_operation
 
 class Hidden:
     """A secret handed to a command at execute time; pyinfra prints commands with their arguments."""
@@ -35,31 +36,49 @@ class Hidden:
         return "Hidden(***)"
 
 
-def _relay(state, host, planned, where, secret: Hidden, name: str, paths: tuple[str, ...], exclude: tuple[str, ...],
-           script: str) -> bool:  # noqa: F811 (pyinfra passes `host`)
-    """borg export-tar here, piped into the host's unpack script over its SSH connection."""
+def _stream_to_stage(host, planned, where, secret: Hidden, name: str, paths, exclude, stage: str):
+    """borg export-tar here, piped into the host's stage -> (None, what was piped) when borg exited 0
+    and the host staged exactly the bytes sent (same sha256), else (why not, None)."""
     with tempfile.TemporaryFile() as borg_errors:
         proc = operator.popen_borg(planned, where, export_tar_argv(planned.job, where.url, name, paths, exclude), secret.value,
                                    stdout=subprocess.PIPE, stderr=borg_errors)
         try:
-            piped = operator.pipe_to_host(host, proc, script)
+            piped = operator.pipe_to_host(host, proc, stage_script(stage))
         except operator.OperatorError as error:
-            host.log_styled(f"relay of {name}: {error}", fg="red", log_func=logger.error)
-            return False
+            return str(error), None
         borg_rc = proc.wait()
         borg_errors.seek(0)
         reason = (borg_errors.read().decode(errors="replace").strip().splitlines() or [f"exit status {borg_rc}"])[-1]
+    staged = piped.output.split()[-1] if piped.output.startswith("staged ") else ""
     if borg_rc != 0:
-        host.log_styled(f"borg export-tar {name} failed on the operator's machine: {reason}", fg="red", log_func=logger.error)
-        return False
+        return f"borg export-tar {name} failed on the operator's machine: {reason}", None
     if piped.status != 0:
-        host.log_styled(f"unpacking {name} on the host failed: {piped.errors.strip() or piped.status}", fg="red",
-                        log_func=logger.error)
+        return f"unpacking {name} on the host failed: {piped.errors.strip() or piped.status}", None
+    if staged != piped.sha256:
+        return f"the host received another stream than the operator sent (sha256 {staged or '?'} != {piped.sha256})", None
+    return None, piped
+
+
+def _relay(state, host, planned, where, secret: Hidden, name: str, paths: tuple[str, ...], exclude: tuple[str, ...],
+           target: str, marker: str) -> bool:  # noqa: F811 (pyinfra passes `host`)
+    """Two phases: the host stages the stream; only when the operator has borg's exit status 0 and the
+    same digest as the host does the host put the staged files in place (else the stage is removed)."""
+    stage = f"{RELAY_DIR}/stage.{secrets.token_hex(6)}"
+    failure, piped = _stream_to_stage(host, planned, where, secret, name, paths, exclude, stage)
+    if failure:
+        run_in_operation(state, host, discard_script(stage))
+        host.log_styled(f"relay of {name}: {failure}; nothing in place changed", fg="red", log_func=logger.error)
+        return False
+    ok, output = run_in_operation(state, host, commit_script(stage, piped.sha256, target, name, marker))
+    if not ok:
+        host.log_styled(f"relay of {name}: putting the staged files in place failed: "
+                        f"{' '.join(output.stderr_lines) or 'no reason given'}", fg="red", log_func=logger.error)
         return False
     forget(host)  # the host's files changed (its backup identity too, from a state archive)
-    for line in piped.output.splitlines():
+    for line in output.stdout_lines:
         host.log_styled(line, log_func=logger.info)
-    host.log_styled(f"relayed {name}: {piped.sent / 1e6:.1f} MB in {piped.seconds:.1f}s", log_func=logger.info)
+    host.log_styled(f"relayed {name}: {piped.sent / 1e6:.1f} MB in {piped.seconds:.1f}s (sha256 {piped.sha256[:12]} "
+                    "on both ends)", log_func=logger.info)
     return True
 
 
@@ -85,14 +104,21 @@ def operator_archive(job: str, archive: str):
 @host_operation
 def restore(job: str, archive: str = "latest", target: str = "/", paths: list[str] | None = None, overwrite: bool = False,
             exclude: list[str] | tuple[str, ...] = ()):
-    """Restore an archive of the job through the operator's machine: `latest` (default), `state`
-    (the newest state archive) or a name; into `target` (default `/`, the original places), with
-    numeric owners and modes. A non-empty target needs `overwrite=True`; every file it replaces
-    is kept under /var/lib/pyinfra-backup/replaced/<archive>/. Restoring the same archive into the
-    same target again changes nothing. `exclude`: borg patterns left out (e.g. `pp:var/cache`).
-    Needs the job's repo on a fleet server (the operator's key).
+    """Restore an archive of the job through the operator's machine (its key, its borg), in two
+    phases: the host stages the stream; only once borg exited 0 and both ends saw the same sha256
+    does anything in `target` change. Restoring the same archive again changes nothing.
 
-    Example: `restore(job="system", archive="state", overwrite=True)` on a freshly installed host.
+    + job: the job (`borgbackup.jobs.<job>`), its repo on a fleet server
+    + archive: `latest`, `state` (the newest state archive) or an archive name
+    + target: absolute path; `/` puts files back in their places (numeric owners and modes)
+    + paths: only these archive paths; exclude: borg patterns left out (e.g. `pp:var/cache`)
+    + overwrite: needed for a non-empty target; replaced files go to /var/lib/pyinfra-backup/replaced/<archive>/
+
+    **Example:**
+
+    .. code:: python
+
+        relay.restore(job="system", archive="state", overwrite=True)   # a freshly installed host
     """
     if not target.startswith("/"):
         raise HostError(f"{host.name}: restore target must be an absolute path, got {target!r}")
@@ -105,5 +131,5 @@ def restore(job: str, archive: str = "latest", target: str = "/", paths: list[st
     if current.entries and not overwrite:
         raise HostError(f"{host.name}: restore target {target} is not empty ({current.entries} entries): refusing "
                         f"to overwrite; pass overwrite=True (replaced files are kept in {REPLACED_DIR}/{name}/)")
-    script = unpack_script(target, name, RestoreTarget.marker(series))
-    yield FunctionCommand(_relay, (planned, where, Hidden(secret), name, tuple(paths or ()), tuple(exclude), script), {})
+    yield FunctionCommand(_relay, (planned, where, Hidden(secret), name, tuple(paths or ()), tuple(exclude), target,
+                                   RestoreTarget.marker(series)), {})

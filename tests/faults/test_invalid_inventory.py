@@ -43,6 +43,7 @@ VALID = {
                     "push_tags": True, "ssh_command": "ssh -o BatchMode=yes"},
     "agenix": {"rules": "secrets/secrets.nix", "identities": ["~/.ssh/id_ed25519"], "force": False},
     "monitoring": {"textfile_dir": "/var/lib/prometheus/node-exporter", "ping_url": "https://hc-ping.com/x"},
+    "ssh_strict_host_key_checking": "yes",  # a repo server: the operator's connection to it must be strict
     "backup_force": False, "recover_archive": "latest", "recover_jobs": ["system"], "recover_generation": 3,
 }
 BAD_FORMATS = {

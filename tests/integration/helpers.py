@@ -6,6 +6,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from pyinfra_backup.borg import OPERATOR_BASE_DIR_VAR
+
 PROJECT = Path(__file__).resolve().parents[2]
 
 # A client's data to back up (contents, owners, modes, a link) and its passphrase file ($PASS).
@@ -25,11 +27,14 @@ TREE = "cd {0} && find . -printf '%p %U %G %m %y %l\\n' | sort && find . -type f
 
 
 def pyinfra(inventory, *args: str, env: dict | None = None, yes: bool = True, timeout: int = 300):
-    """`pyinfra [-y] INVENTORY ARGS...` from the project root; stdout and stderr together in `.stdout`."""
+    """`pyinfra [-y] INVENTORY ARGS...` from the project root; stdout and stderr together in `.stdout`.
+    A BORG_BASE_DIR in `env` (the tests' operator borg directory) is also the pyinfra run's
+    PYINFRA_BACKUP_BORG_BASE_DIR: operator-side borg takes no BORG_* from its caller."""
     argv = [str(PROJECT / ".venv/bin/pyinfra"), *(["-y"] if yes else []), str(inventory), *args]
     env = {**os.environ, **(env or {})}
     if "BORG_BASE_DIR" in env:  # each test's operator is a machine of its own: its archive ledger too
         env.setdefault("PYINFRA_BACKUP_STATE", env["BORG_BASE_DIR"] + "-state")
+        env.setdefault(OPERATOR_BASE_DIR_VAR, env["BORG_BASE_DIR"])
     return subprocess.run(
         argv, cwd=PROJECT, env=env, timeout=timeout,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -185,3 +185,31 @@ def test_a_failed_create_records_the_error_not_borgs_crash_report(tmp_path, monk
     shown = subprocess.run(["sh", "-c", failing], capture_output=True, text=True)
     attempt = records.parse_attempt((tmp_path / "sys" / "last-attempt").read_text())
     assert attempt.error == "OSError: [Errno 28] No space left on device" == shown.stderr.strip()
+
+
+def test_operator_borg_ignores_the_borg_variables_of_the_operators_shell(tmp_path, monkeypatch):
+    """Real borg, a local repo: the operator's shell has BORG_PASSPHRASE, BORG_PASSCOMMAND, BORG_REPO,
+    BORG_RSH and BORG_BASE_DIR of its own; borg started by tasks.operator reads the passphrase from its pipe."""
+    import subprocess
+
+    from pyinfra_backup.borg import OPERATOR_BASE_DIR_VAR, list_argv, operator_env
+    from pyinfra_backup.enrollment import PlannedJob
+    from tasks import operator
+
+    repo, base = tmp_path / "repo", tmp_path / "operator-borg"
+    subprocess.run(["borg", "init", "--encryption", "repokey-blake2", str(repo)], check=True, capture_output=True,
+                   env={"PATH": "/usr/bin:/bin", "BORG_PASSPHRASE": "right", "BORG_BASE_DIR": str(base)})
+    shell = {"BORG_PASSPHRASE": "wrong", "BORG_PASSCOMMAND": "echo wrong", "BORG_REPO": "/nonexistent",
+             "BORG_RSH": "false", "BORG_KEY_FILE": "/nonexistent", "BORG_BASE_DIR": str(tmp_path / "not-this-one")}
+    for key, value in {**shell, OPERATOR_BASE_DIR_VAR: str(base)}.items():
+        monkeypatch.setenv(key, value)
+    env = operator_env({"PATH": "/bin", "HOME": "/root", "LANG": "C.UTF-8", **shell, OPERATOR_BASE_DIR_VAR: str(base)},
+                       {"TZ": "UTC", "BORG_PASSPHRASE_FD": "5"})
+    assert env == {"PATH": "/bin", "HOME": "/root", "LANG": "C.UTF-8", OPERATOR_BASE_DIR_VAR: str(base),
+                   "BORG_BASE_DIR": str(base), "TZ": "UTC", "BORG_PASSPHRASE_FD": "5"}
+    job = Job.from_data("sys", {"paths": ["/etc"], "repo": str(repo), "startAt": "daily",
+                                "encryption": {"mode": "repokey-blake2", "passCommand": "unused"}})
+    planned = PlannedJob(job, Location(str(repo)))
+    out = operator.run_borg(planned, planned.location, list_argv(job, planned.location), b"right")
+    assert json.loads(out)["archives"] == []
+    assert (base / ".config/borg/security").is_dir() and not (tmp_path / "not-this-one").exists()

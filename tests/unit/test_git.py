@@ -59,12 +59,23 @@ def test_default_branch_is_the_current_one_and_no_tags_without_push_tags():
     assert tagged["merged.0"].endswith("--merged=HEAD refs/tags")
 
 
-@pytest.mark.parametrize("command", [
+UNSAFE_SSH_COMMANDS = [
     "ssh -o StrictHostKeyChecking=no", "ssh -oStrictHostKeyChecking=accept-new", "ssh -o 'StrictHostKeyChecking off'",
     "ssh -o stricthostkeychecking=NO", "ssh -o UserKnownHostsFile=/dev/null", "ssh -o UserKnownHostsFile /dev/null",
-])
+    # OpenSSH reads "false" as "no" (readconf.c: multistate_strict_hostkey), in any case
+    "ssh -o StrictHostKeyChecking=false", "ssh -oStrictHostKeyChecking=FALSE", "ssh -o 'StrictHostKeyChecking False'",
+    "ssh -o StrictHostKeyChecking='false'", "ssh -o StrictHostKeyChecking=Accept-New", "ssh -o StrictHostKeyChecking=Off",
+]
+
+
+@pytest.mark.parametrize("command", UNSAFE_SSH_COMMANDS)
 def test_ssh_commands_that_stop_checking_host_keys_are_refused(command):
+    from pyinfra_backup.validate import host_data_errors
+
     assert "host keys must be pinned" in unsafe_ssh_command(command)
+    config = {"path": "/etc/nixos", "remotes": {"origin": "git@github.com:me/nixos.git"}, "ssh_command": command}
+    assert [line.split(": expected")[0] for line in host_data_errors("h", {"config_repo": config})] == [
+        "h: config_repo.ssh_command"]  # the schema's pattern refuses the same commands
 
 
 @pytest.mark.parametrize("command", [
@@ -266,6 +277,6 @@ def test_schema_accepts_ssh_command_and_refuses_one_that_stops_checking_host_key
     assert host_data_errors("h", {"config_repo": ok}) == []
     assert host_data_errors("h", {"config_repo": {**ok, "ssh_command": "ssh -o StrictHostKeyChecking=accept-new"}}) == [
         "h: config_repo.ssh_command: expected an ssh command that keeps host-key checking on (no StrictHostKeyChecking="
-        "no/off/accept-new, no UserKnownHostsFile=/dev/null), got 'ssh -o StrictHostKeyChecking=accept-new'"]
+        "no/off/false/accept-new, no UserKnownHostsFile=/dev/null), got 'ssh -o StrictHostKeyChecking=accept-new'"]
     assert host_data_errors("h", {"config_repo": {**ok, "remotes": {"o": "--upload-pack=x"}}}) == [
         "h: config_repo.remotes.o: expected a git URL or path (not starting with '-'), got '--upload-pack=x'"]

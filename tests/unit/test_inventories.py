@@ -8,7 +8,7 @@ from pyinfra.context import ctx_state
 from pyinfra_cli.inventory import make_inventory as cli_make_inventory
 
 from facts.borg import fleet_servers, host_plan
-from pyinfra_backup.validate import inventory_errors
+from pyinfra_backup.validate import host_key_checking_problem, inventory_errors
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,6 +22,7 @@ def make_inventory(path, cwd):
 def test_shipped_inventory_is_valid(name):
     inventory = make_inventory(str(ROOT / "inventory" / name), cwd=str(ROOT))
     assert inventory_errors(inventory) == []
+    assert [host_key_checking_problem(host.name, host.data.dict()) for host in inventory] == [None] * len(inventory)
 
 
 def test_example_fleet_enrolls_every_nixos_host_on_the_repo_server():

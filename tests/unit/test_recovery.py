@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import subprocess
 import tarfile
@@ -41,6 +42,21 @@ def _tar(files: dict[str, tuple[bytes, int, int]]) -> bytes:
     return out.getvalue()
 
 
+def _unpack(stream: bytes, target, archive: str, marker, sha256: str | None = None, umask: str = ""):
+    """The relay's two phases as the operator runs them: stage the stream, then commit it with the
+    digest the operator computed (`sha256`, default the stream's own). -> (stage run, commit run or None)."""
+    import hashlib
+
+    stage = f"{relay.RELAY_DIR}/stage.test"
+    staged = subprocess.run(["sh", "-c", umask + relay.stage_script(stage)], input=stream, capture_output=True)
+    if staged.returncode != 0:
+        return staged, None
+    digest = sha256 or hashlib.sha256(stream).hexdigest()
+    assert staged.stdout.decode().split() == ["staged", hashlib.sha256(stream).hexdigest()]
+    script = relay.commit_script(stage, digest, str(target), archive, str(marker))
+    return staged, subprocess.run(["sh", "-c", umask + script], capture_output=True)
+
+
 def test_unpack_keeps_every_replaced_file_and_restores_owner_and_mode(tmp_path, monkeypatch):
     monkeypatch.setattr(relay, "RELAY_DIR", str(tmp_path / "relay"))
     monkeypatch.setattr(relay, "REPLACED_DIR", str(tmp_path / "replaced"))
@@ -50,8 +66,7 @@ def test_unpack_keeps_every_replaced_file_and_restores_owner_and_mode(tmp_path, 
     (target / "etc/same").write_text("same\n")
     stream = _tar({"etc/machine-id": (b"old identity\n", 0o444, 0), "etc/same": (b"same\n", 0o644, 0),
                    "srv/key": (b"secret\n", 0o600, 1234)})
-    script = relay.unpack_script(str(target), "h-s-state-2026-11-27T02:00:00", str(tmp_path / "marker"))
-    run = subprocess.run(["sh", "-c", script], input=stream, capture_output=True)
+    _, run = _unpack(stream, target, "h-s-state-2026-11-27T02:00:00", tmp_path / "marker")
     assert run.returncode == 0, run.stderr
     assert (target / "etc/machine-id").read_text() == "old identity\n"
     kept = tmp_path / "replaced/h-s-state-2026-11-27T02:00:00/etc/machine-id"
@@ -67,9 +82,31 @@ def test_a_broken_stream_changes_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(relay, "RELAY_DIR", str(tmp_path / "relay"))
     monkeypatch.setattr(relay, "REPLACED_DIR", str(tmp_path / "replaced"))
     (tmp_path / "root").mkdir()
-    script = relay.unpack_script(str(tmp_path / "root"), "a", str(tmp_path / "marker"))
-    run = subprocess.run(["sh", "-c", script], input=_tar({"f": (b"x" * 5000, 0o644, 0)})[:3000], capture_output=True)
-    assert run.returncode != 0 and list((tmp_path / "root").iterdir()) == [] and not (tmp_path / "marker").exists()
+    staged, commit = _unpack(_tar({"f": (b"x" * 5000, 0o644, 0)})[:3000], tmp_path / "root", "a", tmp_path / "marker")
+    assert staged.returncode != 0 and commit is None
+    assert list((tmp_path / "root").iterdir()) == [] and not (tmp_path / "marker").exists()
+    assert list((tmp_path / "relay").iterdir()) == []  # the stage is gone
+
+
+def test_a_stream_cut_at_a_file_boundary_stages_but_another_digest_than_the_operators_commits_nothing(tmp_path, monkeypatch):
+    """GNU tar exits 0 on a stream cut between two files: staging alone cannot tell. The commit is
+    refused when the digest the operator computed is not the staged stream's; the target is untouched."""
+    import tarfile as tarlib
+
+    monkeypatch.setattr(relay, "RELAY_DIR", str(tmp_path / "relay"))
+    monkeypatch.setattr(relay, "REPLACED_DIR", str(tmp_path / "replaced"))
+    target = tmp_path / "root"
+    target.mkdir()
+    (target / "a").write_text("live a\n")
+    whole = _tar({"a": (b"archived a\n", 0o644, 0), "b": (b"archived b\n", 0o644, 0)})
+    with tarlib.open(fileobj=io.BytesIO(whole)) as archive:
+        cut = whole[:archive.getmember("b").offset]  # everything before b's header: a whole file, then nothing
+    staged, commit = _unpack(cut, target, "a1", tmp_path / "marker", sha256=hashlib.sha256(whole).hexdigest())
+    assert staged.returncode == 0  # tar: "a" extracted, no complaint
+    assert commit.returncode != 0 and b"is not the one the operator sent" in commit.stderr
+    assert [p.name for p in target.iterdir()] == ["a"] and (target / "a").read_text() == "live a\n"
+    assert not (tmp_path / "marker").exists() and not (tmp_path / "replaced").exists()
+    assert list((tmp_path / "relay").iterdir()) == []  # the stage is removed by the refused commit
 
 
 def _git(repo, *args):
@@ -118,9 +155,7 @@ def test_unpack_into_a_root_leaves_the_directories_it_does_not_hold_alone(tmp_pa
     (target / "srv").mkdir(parents=True)
     target.chmod(0o755)
     (target / "srv").chmod(0o751)
-    script = relay.unpack_script(str(target), "a", str(tmp_path / "marker"))
-    run = subprocess.run(["sh", "-c", "umask 077\n" + script], input=_tar({"srv/www/index.html": (b"hi\n", 0o644, 0)}),
-                         capture_output=True)
+    _, run = _unpack(_tar({"srv/www/index.html": (b"hi\n", 0o644, 0)}), target, "a", tmp_path / "marker", umask="umask 077\n")
     assert run.returncode == 0, run.stderr
     assert (target.stat().st_mode & 0o777, (target / "srv").stat().st_mode & 0o777) == (0o755, 0o751)
     assert (target / "srv/www/index.html").read_text() == "hi\n"

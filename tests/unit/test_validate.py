@@ -567,3 +567,49 @@ def test_backup_force_may_name_a_job_of_another_host_as_data_flags_reach_every_h
 def test_a_key_with_a_line_break_stays_on_its_problems_line():
     [line] = errors(job(environment={"BAD\nNAME": "x"}))
     assert line.startswith(f"{J}.environment.'BAD\\nNAME': invalid name: expected ")
+
+
+# --- repo servers reached without strict host key checking ------------------------------------------
+
+@pytest.mark.parametrize("setting", [
+    {}, {"ssh_strict_host_key_checking": "accept-new"}, {"ssh_strict_host_key_checking": "no"},
+    {"ssh_strict_host_key_checking": "off"}, {"ssh_strict_host_key_checking": "ask"},
+    {"ssh_strict_host_key_checking": None}, {"ssh_strict_host_key_checking": False},
+    {"ssh_strict_host_key_checking": "accept-new", "ssh_known_hosts_file": "/etc/fleet/known_hosts"},
+])
+def test_a_repo_server_without_strict_host_key_checking_is_a_problem(setting):
+    from pyinfra_backup.validate import host_key_checking_problem
+
+    problem = host_key_checking_problem("backup", {"borgbackup": {"repos": {}}, **setting})
+    assert problem.startswith('backup: ssh_strict_host_key_checking: expected "yes" for a repo server')
+    assert ("unset (pyinfra's default: accept-new" in problem) == (setting == {})
+    assert f"pin it in {setting.get('ssh_known_hosts_file', '~/.ssh/known_hosts')} (ssh_known_hosts_file" in problem
+
+
+def test_strict_repo_servers_and_clients_are_no_problem():
+    from pyinfra_backup.validate import host_key_checking_problem
+
+    assert host_key_checking_problem("backup", {"borgbackup": {"repos": {}}, "ssh_strict_host_key_checking": "yes"}) is None
+    assert host_key_checking_problem("host01", SEED) is None  # a client: the operator's borg checks its server itself
+
+
+def test_require_valid_inventory_refuses_a_repo_server_without_strict_checking_naming_what_keyscan_sees(tmp_path):
+    """A real pyinfra inventory; the server's address is this machine's loopback, where nothing listens on the port."""
+    import socket
+
+    from pyinfra.api import Inventory
+
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    server = {"borgbackup": {"repos": {}}, "ssh_hostname": "127.0.0.1", "ssh_port": port}
+    strict = {**server, "ssh_strict_host_key_checking": "yes"}
+    local = {"borgbackup": {"repos": {}}}  # @local has no host key to check
+    inventory = Inventory(([("host01", SEED), ("backup", server), ("@local", local)], {}))
+    with pytest.raises(InvalidHostData) as raised:
+        require_valid_inventory(_State(inventory))
+    lines = str(raised.value).splitlines()
+    assert lines[0] == "invalid host data (1 problem), nothing was changed:"
+    assert lines[1].startswith("backup: ssh_strict_host_key_checking: expected \"yes\"")
+    assert lines[2:] == [f"    ssh-keyscan -p {port} 127.0.0.1: no host key (nothing answered from here)"]
+    require_valid_inventory(_State(Inventory(([("host01", SEED), ("backup", strict), ("@local", local)], {}))))
