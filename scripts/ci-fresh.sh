@@ -11,6 +11,7 @@
 # process of it goes with them; the test fleet inside uses its own family of names (pbc-, 10.214/16), so it
 # never touches a fleet of this machine's, and what it leaves in the machine's network (a bridge) is removed here.
 set -euo pipefail
+{  # read whole before it runs: editing this file during a run cannot change the run
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "ci-fresh: run as root" >&2; exit 2; }
 
@@ -145,3 +146,4 @@ say "whole run $((SECONDS - start)) s, exit $rc"
 # pytest's closing line last, where CI reads it
 [ -s "$ROOT/work/ci-fresh-summary" ] && cat "$ROOT/work/ci-fresh-summary"
 exit "$rc"
+}
