@@ -34,3 +34,8 @@ if ! .venv/bin/uv --version 2>/dev/null | grep -q "$UV_VERSION"; then
 fi
 export UV_PYTHON_DOWNLOADS=never
 .venv/bin/uv sync -q --frozen --inexact --python .venv/bin/python
+
+# Runs from any directory: the project root on the venv's sys.path, so that pyinfra finds deploys/, tasks/ and
+# facts/ (and `python -m pyinfra_backup.report` its package) wherever it is started.
+site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+[ "$(cat "$site/pyinfra-backup-root.pth" 2>/dev/null)" = "$PWD" ] || echo "$PWD" > "$site/pyinfra-backup-root.pth"

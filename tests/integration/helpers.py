@@ -26,8 +26,8 @@ umask 077 && printf '%s' "$PASS" > /root/borg-pass
 TREE = "cd {0} && find . -printf '%p %U %G %m %y %l\\n' | sort && find . -type f -print0 | sort -z | xargs -0 sha256sum"
 
 
-def pyinfra(inventory, *args: str, env: dict | None = None, yes: bool = True, timeout: int = 300):
-    """`pyinfra [-y] INVENTORY ARGS...` from the project root; stdout and stderr together in `.stdout`.
+def pyinfra(inventory, *args: str, env: dict | None = None, yes: bool = True, timeout: int = 300, cwd=PROJECT):
+    """`pyinfra [-y] INVENTORY ARGS...` from the project root (or `cwd`); stdout and stderr together in `.stdout`.
     A BORG_BASE_DIR in `env` (the tests' operator borg directory) is also the pyinfra run's
     PYINFRA_BACKUP_BORG_BASE_DIR: operator-side borg takes no BORG_* from its caller."""
     argv = [str(PROJECT / ".venv/bin/pyinfra"), *(["-y"] if yes else []), str(inventory), *args]
@@ -36,7 +36,7 @@ def pyinfra(inventory, *args: str, env: dict | None = None, yes: bool = True, ti
         env.setdefault("PYINFRA_BACKUP_STATE", env["BORG_BASE_DIR"] + "-state")
         env.setdefault(OPERATOR_BASE_DIR_VAR, env["BORG_BASE_DIR"])
     return subprocess.run(
-        argv, cwd=PROJECT, env=env, timeout=timeout,
+        argv, cwd=cwd, env=env, timeout=timeout,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
 

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from tests.fleet import BRIDGE_ADDRESS
-from tests.integration.helpers import DATA_SETUP, PingServer, in_host, operator_borg, pyinfra, tree
+from tests.integration.helpers import DATA_SETUP, PROJECT, PingServer, in_host, operator_borg, pyinfra, tree
 from tests.integration.node_exporter import NodeExporter
 
 pytestmark = pytest.mark.fleet
@@ -288,6 +288,17 @@ def test_freshness_fact_reports_every_job(setup):
         assert entry["status"] == "fresh" and entry["due"] is False and entry["error"] is None
         assert entry["last_archive"].startswith(f"{client}-system-") and entry["age_seconds"] < 3600
     assert data["backup"] == {}
+
+
+def test_deploys_facts_and_the_report_run_from_any_directory(setup, tmp_path):
+    """Once `ModuleNotFoundError: No module named 'facts'` outside the project root."""
+    backup = pyinfra(setup["inventory"], str(PROJECT / "deploys/backup.py"), env=setup["env"], cwd=tmp_path)
+    assert backup.returncode == 0 and re.search(r"\[host01\] No changes", backup.stdout), backup.stdout
+    fact = pyinfra(setup["inventory"], "fact", "facts.borg.BackupFreshness", "--limit", "host01", yes=False, cwd=tmp_path)
+    assert fact.returncode == 0 and '"status": "fresh"' in fact.stdout, fact.stdout
+    report = subprocess.run([str(PROJECT / ".venv/bin/python"), "-m", "pyinfra_backup.report", str(setup["inventory"])],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert "No module named" not in report.stderr and "host01" in report.stdout, report.stdout + report.stderr
 
 
 def test_one_failing_job_does_not_stop_the_hosts_other_jobs(setup):
