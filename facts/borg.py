@@ -193,15 +193,15 @@ class BackupFreshness(FactBase):
     `{job: {repo, last_archive, last_time, age_seconds, due, status, error, original_size, deduplicated_size}}`."""
 
     def command(self) -> str:
-        self.plan = host_plan(context.host, context.state.inventory)
+        self.plan, self.host_name = host_plan(context.host, context.state.inventory), context.host.name
         return sectioned_script({**_client_sections(self.plan, None), **_repo_sections(self.plan)})
 
-    def process(self, output) -> dict[str, dict]:
+    def process(self, output) -> dict[str, dict]:  # no pyinfra context needed here (tests/infra parses over testinfra)
         sections = parse_sections(output)
         state, listings = _client_state(self.plan, sections), _listings(self.plan, sections)
         now = datetime.now(timezone.utc)
-        host_name = context.host.name
-        return {p.job.name: freshness(p, state, listings[p.job.name], now, tampering(p, host_name)) for p in self.plan}
+        return {p.job.name: freshness(p, state, listings[p.job.name], now, tampering(p, self.host_name))
+                for p in self.plan}
 
 
 @dataclass

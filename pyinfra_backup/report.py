@@ -110,7 +110,7 @@ def render_table(report: Mapping) -> str:
     lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
              for row in (header, *rows)]
     summary = f"{len(report['hosts'])} hosts, {sum(counts.values())} jobs: " + ", ".join(
-        f"{counts[s]} {s}" for s in STATUSES)
+        f"{counts[s]} {s}" for s in STATUSES if counts[s] or s != "tampered")  # tampered: named when it occurs
     if unread:
         summary += f"; {unread} hosts not read"
     summary += ": OK" if is_ok(report) else ": NOT OK"

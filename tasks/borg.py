@@ -133,7 +133,8 @@ def _from_other_host(other, read):
     server's host keys for its client). Raises Unreachable when that host cannot be reached: a
     host that failed to connect must fail alone, not end the run (pyinfra raises ConnectError)."""
     if other in ctx_state.failed_hosts:
-        raise Unreachable(other.name)
+        raise Unreachable(other.name, "it failed earlier in this run: see its own error" if other.connected else
+                          "could not connect at the start of the run")
     try:
         return read(other)
     except ConnectError as error:

@@ -277,6 +277,9 @@ def test_a_new_host_is_enrolled_by_the_backup_run_alone(setup):
     assert run.returncode == 0, run.stdout
     assert len(archives(setup, "host05")) == 1
     assert re.search(r"\[host01\] No changes", run.stdout)
+    # The module's other tests leave host05 out of their data: it is revoked on purpose (it keeps its archives).
+    revoked = pyinfra(setup["inventory"], "deploys/backup_server.py", "--data", "revoke=host05", env=setup["env"])
+    assert revoked.returncode == 0 and "authorized_keys - borg: SHA256:" in revoked.stdout, revoked.stdout
 
 
 def test_freshness_fact_reports_every_job(setup):
