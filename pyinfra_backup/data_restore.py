@@ -115,7 +115,10 @@ class VolumeState:
 
 def _manifest(section: Section) -> tuple[Manifest | None, str | None]:
     if section.rc == 0 and section.text.strip():
-        return Manifest.parse(section.text), None
+        try:
+            return Manifest.parse(section.text), None
+        except (ValueError, KeyError, TypeError, AttributeError) as error:  # json.JSONDecodeError is a ValueError
+            return None, f"invalid manifest.json: {error}; nothing was restored"
     if section.rc == 1 and "never matched" in "\n".join(section.stderr):
         return None, None  # an archive made without databases or volumes
     return None, f"cannot read the archive's manifest: {section.error}"

@@ -26,6 +26,7 @@ True
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from dataclasses import dataclass
 from collections.abc import Mapping
@@ -177,8 +178,18 @@ class Manifest:
 
     @classmethod
     def parse(cls, text: str) -> "Manifest":
+        """The manifest, its volumes' owner and mode checked before anything uses them (they reach
+        `chown`/`chmod` on the host): a `ValueError` names the field otherwise."""
         data = json.loads(text)
-        return cls(data["spool"], data.get("databases") or {}, data.get("volumes") or {})
+        volumes = data.get("volumes") or {}
+        for name, entry in volumes.items():
+            for key in ("uid", "gid"):
+                value = entry.get(key)
+                if type(value) is not int or value < 0:  # bool is not an id either
+                    raise ValueError(f"volumes.{name}.{key}: expected a non-negative integer, got {value!r}")
+            if not re.fullmatch(r"[0-7]{1,4}", str(entry.get("mode"))):
+                raise ValueError(f"volumes.{name}.mode: expected an octal mode, got {entry.get('mode')!r}")
+        return cls(data["spool"], data.get("databases") or {}, volumes)
 
     def dump_path(self, name: str) -> str:
         """The database's dump inside the archive."""
