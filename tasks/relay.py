@@ -38,8 +38,8 @@ class Hidden:
 def _relay(state, host, planned, where, secret: Hidden, name: str, paths: tuple[str, ...], exclude: tuple[str, ...],
            script: str) -> bool:  # noqa: F811 (pyinfra passes `host`)
     """borg export-tar here, piped into the host's unpack script over its SSH connection."""
-    with tempfile.TemporaryFile() as borg_errors:
-        proc = operator.popen_borg(planned, where, export_tar_argv(planned.job, where.url, name, paths, exclude), secret.value,
+    with tempfile.TemporaryFile() as borg_errors, operator.ssh_logged(where) as (logged, ssh_said):
+        proc = operator.popen_borg(planned, logged, export_tar_argv(planned.job, where.url, name, paths, exclude), secret.value,
                                    stdout=subprocess.PIPE, stderr=borg_errors)
         try:
             piped = operator.pipe_to_host(host, proc, script)
@@ -49,6 +49,7 @@ def _relay(state, host, planned, where, secret: Hidden, name: str, paths: tuple[
         borg_rc = proc.wait()
         borg_errors.seek(0)
         reason = (borg_errors.read().decode(errors="replace").strip().splitlines() or [f"exit status {borg_rc}"])[-1]
+        reason += operator.ssh_reason(where, ssh_said(), "export-tar") if borg_rc != 0 else ""
     if borg_rc != 0:
         host.log_styled(f"borg export-tar {name} failed on the operator's machine: {reason}", fg="red", log_func=logger.error)
         return False
