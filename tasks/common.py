@@ -102,7 +102,7 @@ def run_in_operation(state, host, command: str):
                                   print_input=state.print_input, **connector_arguments)
 
 
-def explained(command: str, prefix: str) -> FunctionCommand:
+def explained(command: str, prefix: str | tuple[str, ...]) -> FunctionCommand:
     """`command` run as the operation's commands are, its own explanation (output lines starting with
     `prefix`, in order) logged for the operator, in red when it failed: pyinfra alone shows a failed
     command's output only with `-v`."""
