@@ -181,7 +181,8 @@ def _roles_command(planned: PlannedJob, archive: str, manifest: Manifest, user: 
     path = manifest.globals_path()
     if path is None:  # an archive made before roles were dumped
         return []
-    psql = ["runuser", "-u", user, "--", "psql", "-XAtq", "-v", "ON_ERROR_STOP=1", "-d", "postgres"]
+    # terse: an error names the statement's problem, never the statement (its password hash) itself
+    psql = ["runuser", "-u", user, "--", "psql", "-XAtq", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=terse", "-d", "postgres"]
     extract = _extract(planned, archive, path, ("--stdout",))
     return [
         f"_have=$(printf '%s\\n' 'select quote_ident(rolname) from pg_roles' | {sh_join(psql)}) || exit 2",
