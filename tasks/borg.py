@@ -39,6 +39,10 @@ from pyinfra_backup.rollback import RollbackError, files_after, quarantine_dir, 
 from pyinfra_backup.records import check_command, create_command, record_attempt
 from pyinfra_backup.schedule import Schedule
 from pyinfra_backup.shell import atomic_write, sh_join, with_env
+from pyinfra_backup.sshd import (
+    CLIENT_ALIVE_COUNT_MAX, CLIENT_ALIVE_INTERVAL, DROPIN_DIR, SSHD_CONFIG, dropin_content, dropin_path, includes_dropins,
+    install_command,
+)
 
 
 
@@ -172,6 +176,7 @@ def repo_server():
     """Provision a repo server as NixOS' `services.borgbackup.repos` does: users, 0700 repo
     directories, and authorized_keys with one forced `borg serve` per key. Enrolled clients'
     append-only keys and `borgbackup.operatorKeys` are included; keys not in the data are removed.
+    Each repo user gets an sshd drop-in ending its dead sessions (`borgbackup.clientAliveInterval`).
 
     Example: `repo_server()` on every host with `borgbackup.repos`.
     """
@@ -192,11 +197,26 @@ def repo_server():
         group = repo.get("group") or repo["user"]
         if current.dirs.get(repo["path"]) != f"{repo['user']}:{group}:700":
             commands.append(sh_join(["install", "-d", "-m", "0700", "-o", repo["user"], "-g", group, repo["path"]]))
+    commands += _sshd_dropins(users, current)
     if not commands:
         host.noop(f"{len(repos)} repos and their keys are in place")
         return
     forget(host)
     yield from commands
+
+
+def _sshd_dropins(users: list[str], current) -> list[str]:
+    """A `Match User` drop-in per repo user whose content differs, checked with `sshd -t` and sshd
+    reloaded; when the main sshd_config does not include the drop-in directory, said (no reload)."""
+    data = host.data.get("borgbackup") or {}
+    interval = int(data.get("clientAliveInterval", CLIENT_ALIVE_INTERVAL))
+    count = int(data.get("clientAliveCountMax", CLIENT_ALIVE_COUNT_MAX))
+    included = includes_dropins(current.sshd_config)
+    if not included:
+        host.log_styled(f"warning: {SSHD_CONFIG} does not Include {DROPIN_DIR}/*.conf: the repo users' sshd drop-ins "
+                        "have no effect until it does", fg="yellow", log_func=logger.warning)
+    return [install_command(dropin_path(user), dropin_content(user, interval, count), reload=included)
+            for user in users if current.sshd_dropins.get(user) != dropin_content(user, interval, count)]
 
 
 # --- client enrollment ----------------------------------------------------------------------

@@ -401,6 +401,41 @@ def test_12_a_changed_server_host_key_is_refused_by_every_client_and_nothing_is_
 # --- 13: a network cut in the middle of a create --------------------------------------------------------
 
 
+def server_with(faults, **borgbackup) -> dict:
+    return {"borgbackup": {**faults.server_data["borgbackup"], **borgbackup}}
+
+
+def test_13a_the_repo_server_gets_an_sshd_drop_in_checked_by_sshd_t_before_sshd_reloads(faults):
+    fleet = faults.fleet
+    dropin = "/etc/ssh/sshd_config.d/pyinfra-backup-borg.conf"
+    # The fleet's sshd_config has no Include of sshd_config.d (Debian's has it first): added here, as a machine has it.
+    fleet.run(SERVER, "mkdir -p /etc/ssh/sshd_config.d && grep -q '^Include /etc/ssh/sshd_config.d' /etc/ssh/sshd_config || "
+                      "echo 'Include /etc/ssh/sshd_config.d/*.conf' >> /etc/ssh/sshd_config")
+    # Another drop-in that sshd refuses: ours is checked with the whole configuration, and left as it was.
+    fleet.run(SERVER, "echo 'NoSuchOption yes' > /etc/ssh/sshd_config.d/zz-broken.conf")
+    inventory = faults.write_inventory("inventory-alive.py", **{SERVER: server_with(faults, clientAliveInterval=1)})
+    try:
+        refused = faults.pyinfra("deploys/backup_server.py", inventory=inventory)
+    finally:
+        fleet.run(SERVER, "rm -f /etc/ssh/sshd_config.d/zz-broken.conf")
+    assert refused.returncode != 0, refused.stdout
+    assert re.search(rf"sshd: the drop-in {dropin} fails sshd -t \(left as it was\): .*NoSuchOption", refused.stdout), refused.stdout
+    # the one the first backup_server.py run wrote (defaults; sshd not reloaded: its config did not include it then)
+    assert "    ClientAliveInterval 30\n" in fleet.run(SERVER, f"cat {dropin}").stdout
+    pid = fleet.run(SERVER, "cat /run/sshd.pid").stdout.strip()
+    run = faults.pyinfra("deploys/backup_server.py", inventory=inventory)
+    assert run.returncode == 0, run.stdout
+    assert fleet.run(SERVER, f"cat {dropin}").stdout.splitlines()[1:] == [
+        "Match User borg", "    ClientAliveInterval 1", "    ClientAliveCountMax 3"]
+    effective = fleet.run(SERVER, "/usr/sbin/sshd -T -C user=borg,host=x,addr=10.0.0.1 | grep -i '^clientalive'").stdout.split()
+    assert effective == ["clientaliveinterval", "1", "clientalivecountmax", "3"], effective
+    assert fleet.run(SERVER, "/usr/sbin/sshd -T -C user=root,host=x,addr=10.0.0.1 | grep -i '^clientaliveinterval'").stdout.split() == [
+        "clientaliveinterval", "0"]  # only the repo users' sessions
+    assert fleet.run(SERVER, "cat /run/sshd.pid").stdout.strip() == pid  # reloaded (SIGHUP: re-exec), not restarted
+    again = faults.pyinfra("deploys/backup_server.py", inventory=inventory)
+    assert again.returncode == 0 and "[backup] Success" not in again.stdout, again.stdout  # idempotent
+
+
 def test_13_a_network_cut_mid_create_fails_the_host_in_bounded_time_next_run_completes(faults):
     fleet, repo = faults.fleet, faults.repo_dir("host02")
     server = fleet.host(SERVER).address
@@ -414,8 +449,9 @@ def test_13_a_network_cut_mid_create_fails_the_host_in_bounded_time_next_run_com
         client = faults.client_data("host02", {**faults.jobs["host02"], "bulk": bulk_job})
         return {"borgbackup": {**client["borgbackup"], "serverAliveInterval": 1}}
 
-    inventory = faults.write_inventory("inventory-cut.py", host02=data(bulk))
-    slow = faults.write_inventory("inventory-cut-slow.py", host02=data(throttled))
+    alive = {SERVER: server_with(faults, clientAliveInterval=1)}  # as scenario 13a installed it: sshd probes every second
+    inventory = faults.write_inventory("inventory-cut.py", host02=data(bulk), **alive)
+    slow = faults.write_inventory("inventory-cut-slow.py", host02=data(throttled), **alive)
     commits = int(fleet.run(SERVER, f"wc -l < {repo}/transactions").stdout)
     result = {}
     runner = threading.Thread(target=lambda: result.setdefault("run", faults.backup("--limit", "host02", inventory=slow)))
@@ -431,6 +467,10 @@ def test_13_a_network_cut_mid_create_fails_the_host_in_bounded_time_next_run_com
         runner.join(timeout=45)
         ended = time.monotonic() - cut
         assert not runner.is_alive(), "the run still waits on a dead connection 45 s after the cut"
+        # The server's `borg serve` only reads: it never learns of the cut itself. sshd's probes (the drop-in of
+        # scenario 13a) go unanswered and sshd ends the session, and with it borg serve, while the route is still cut.
+        serving = f"for p in $(pgrep -x borg); do [ \"$(readlink /proc/$p/cwd)\" = {repo} ] && echo $p; done; true"
+        wait_for(lambda: not fleet.run(SERVER, serving).stdout.strip(), 20, "sshd to end the dead client's borg serve")
     finally:
         fleet.run("host02", f"ip route del blackhole {server}/32", check=False)
         runner.join()
@@ -438,10 +478,7 @@ def test_13_a_network_cut_mid_create_fails_the_host_in_bounded_time_next_run_com
     assert run.returncode != 0 and ended < 30, (ended, run.stdout)
     # ssh's own words (`Timeout, server ... not responding`) do not reach borg's error: borg reports the close
     assert re.search(r"\[host02\] host02: job bulk: the repo server is unreachable \(Connection closed", run.stdout), run.stdout
-    # The server's `borg serve` may not learn of the cut (it reads, it does not send): the operator's step
-    # (README, Known limits) is to stop it; borg then leaves its lock to be removed by the next borg.
-    fleet.run(SERVER, f"for p in $(pgrep -x borg); do [ \"$(readlink /proc/$p/cwd)\" = {repo} ] && kill $p; done; true")
-    again = faults.backup("--limit", "host02", inventory=inventory)  # bulk is still due
+    again = faults.backup("--limit", "host02", inventory=inventory)  # bulk is still due; nobody killed anything
     assert again.returncode == 0, again.stdout
     fresh = faults.freshness(inventory)["host02"]
     assert fresh["bulk"]["status"] == "fresh" and not fresh["bulk"]["last_archive"].endswith("checkpoint"), fresh
