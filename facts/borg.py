@@ -30,6 +30,7 @@ from pyinfra_backup.enrollment import PlannedJob, Server, plan_jobs, repo_accoun
 from pyinfra_backup.metrics import TEXTFILE_NAME
 from pyinfra_backup.records import JobRecords, parse_records, read_sections
 from pyinfra_backup.schedule import Schedule
+from pyinfra_backup.sshd import SSHD_CONFIG, dropin_path
 from pyinfra_backup.shell import ReadFile, Section, parse_sections, sectioned_script, sh_join, with_env
 
 NO_KEY = 3  # exit status of a listing skipped because the host has no backup key yet
@@ -211,6 +212,8 @@ class ServerState:
     groups: set[str]
     dirs: dict[str, str]  # path -> "user:group:mode"
     authorized_keys: dict[str, str]  # user -> file content
+    sshd_dropins: dict[str, str] = field(default_factory=dict)  # user -> our sshd drop-in's content
+    sshd_config: str | None = None  # the main sshd_config (does it include the drop-ins?)
 
 
 class BorgServer(FactBase):
@@ -222,6 +225,8 @@ class BorgServer(FactBase):
         for user in users:
             sections[f"user.{user}"] = sh_join(["getent", "passwd", user])
             sections[f"keys.{user}"] = f'cat "$(getent passwd {sh_join([user])} | cut -d: -f6)/.ssh/authorized_keys"'
+            sections[f"sshd.{user}"] = ReadFile(dropin_path(user))
+        sections["sshd_config"] = ReadFile(SSHD_CONFIG)
         if paths:
             sections["dirs"] = sh_join(["stat", "-c", "%U:%G:%a:%n", *paths])
         return sectioned_script(sections)
@@ -247,6 +252,9 @@ class BorgServer(FactBase):
                 for name, section in sections.items()
                 if name.startswith("keys.") and section.ok
             },
+            sshd_dropins={name.split(".", 1)[1]: "".join(line + "\n" for line in section.stdout)
+                          for name, section in sections.items() if name.startswith("sshd.") and section.ok},
+            sshd_config=sections["sshd_config"].text if sections.get("sshd_config") and sections["sshd_config"].ok else None,
         )
 
 

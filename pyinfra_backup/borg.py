@@ -134,6 +134,7 @@ class Location:
 
     url: str
     rsh: str | None = None
+    identity: str | None = None  # the ssh key `rsh` uses, when it is a dedicated one (the operator's)
 
 
 SERVER_ALIVE_INTERVAL = 30  # `borgbackup.serverAliveInterval`: seconds; ssh gives up after 3 unanswered

@@ -115,7 +115,10 @@ class VolumeState:
 
 def _manifest(section: Section) -> tuple[Manifest | None, str | None]:
     if section.rc == 0 and section.text.strip():
-        return Manifest.parse(section.text), None
+        try:
+            return Manifest.parse(section.text), None
+        except (ValueError, KeyError, TypeError, AttributeError) as error:  # json.JSONDecodeError is a ValueError
+            return None, f"invalid manifest.json: {error}; nothing was restored"
     if section.rc == 1 and "never matched" in "\n".join(section.stderr):
         return None, None  # an archive made without databases or volumes
     return None, f"cannot read the archive's manifest: {section.error}"
@@ -159,10 +162,50 @@ def _record(marker: str, value: str) -> str:
     return f"mkdir -p {directory} && printf '%s\\n' {value} > {sh_join([marker])}"
 
 
+# The roles of `pg_dumpall --globals-only` that the cluster lacks (the names it has, as quote_ident
+# writes them, in `have`, one a line): their CREATE/ALTER/COMMENT ON ROLE lines and the memberships
+# granted to them. Roles that exist are left as they are; tablespaces are not in the dump.
+_MISSING_ROLES = r"""function ident(s,   i) { if (substr(s, 1, 1) == "\"") { i = index(substr(s, 2), "\""); return substr(s, 1, i + 1) }
+  match(s, /^[^ ;]+/); return substr(s, 1, RLENGTH) }
+BEGIN { n = split(have, h, "\n"); for (i = 1; i <= n; i++) exists[h[i]] = 1 }
+/^SET / { print; next }
+/^CREATE ROLE / { r = ident(substr($0, 13)); if (!(r in exists)) { made[r] = 1; print } next }
+/^ALTER ROLE / { if (ident(substr($0, 12)) in made) print; next }
+/^COMMENT ON ROLE / { if (ident(substr($0, 17)) in made) print; next }
+/^GRANT / { i = index($0, " TO "); if (i && ident(substr($0, i + 4)) in made) print; next }"""
+
+
+def _roles_command(planned: PlannedJob, archive: str, manifest: Manifest, user: str) -> list[str]:
+    """Create the roles of the archive's cluster that this cluster lacks, before the database (whose
+    dump names its owner and grantees but does not create them)."""
+    path = manifest.globals_path()
+    if path is None:  # an archive made before roles were dumped
+        return []
+    # terse: an error names the statement's problem, never the statement (its password hash) itself
+    psql = ["runuser", "-u", user, "--", "psql", "-XAtq", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=terse", "-d", "postgres"]
+    extract = _extract(planned, archive, path, ("--stdout",))
+    return [
+        f"_have=$(printf '%s\\n' 'select quote_ident(rolname) from pg_roles' | {sh_join(psql)}) || exit 2",
+        f'{{ {extract}; echo $? > "$_st"; }} | LC_ALL=C awk -v have="$_have" {shlex.quote(_MISSING_ROLES)} '
+        f'| {sh_join(psql)} > /dev/null; _rc=$?; _b=$(cat "$_st")',
+        '[ "$_b" = 0 ] || { echo "borg extract of the roles failed (exit $_b): nothing was changed" >&2; exit 2; }',
+        '[ "$_rc" = 0 ] || { echo "creating the missing roles failed (exit $_rc): the database was not touched" >&2; exit 2; }',
+    ]
+
+
+RESTORE_SAYS = ("restoring database", "borg extract", "creating the missing roles")  # its own explanations
+TERMINATE_SQL = "select pg_terminate_backend(pid) from pg_stat_activity where datname = :'n' and pid <> pg_backend_pid();"
+ASIDE_SQL = 'alter database :"n" rename to :"o";'
+PUT_BACK_SQL = 'drop database if exists :"n" with (force);', 'alter database :"o" rename to :"n";'
+DROP_ASIDE_SQL = 'drop database :"o" with (force);'
+
+
 def restore_database_command(planned: PlannedJob, archive: str, manifest: Manifest, name: str, user: str,
-                             drop: bool) -> str:
-    """Stream the dump out of the archive into a recreated database (`drop`: drop the existing one
-    first), then record the marker. Fails when borg or the restore fails."""
+                             aside: str | None = None) -> str:
+    """The roles the cluster lacks created, then the dump streamed out of the archive into a recreated
+    database, then the marker. With `aside` (the database exists), it is first renamed to `aside` (its
+    sessions ended) and dropped only once the restore succeeded; when the stream or the restore
+    fails, the partial database is dropped and the existing one renamed back, untouched."""
     entry = manifest.databases[name]
     run = ["runuser", "-u", user, "--"]
     if entry["format"] == "plain":  # made with --create: it creates the database and connects to it
@@ -170,13 +213,25 @@ def restore_database_command(planned: PlannedJob, archive: str, manifest: Manife
     else:
         loader = sh_join([*run, "pg_restore", "--create", "--exit-on-error", "--dbname=postgres"])
     extract = _extract(planned, archive, manifest.dump_path(name), ("--stdout",))
-    steps = [sh_join([*run, "dropdb", "--force", name]) + " || exit 2"] if drop else []
-    failed = shlex.quote(f"restoring database {name} failed; it may be partly restored:")
+    psql = sh_join([*run, "psql", "-XAtq", "-v", "ON_ERROR_STOP=1", "-v", f"n={name}", "-v", f"o={aside}", "-d", "postgres"])
+
+    def sql(*statements: str) -> str:
+        return f"printf '%s\\n' {sh_join(statements)} | {psql} > /dev/null"
+
+    failed = shlex.quote(f"restoring database {name} failed" + (
+        f"; the existing database is back as it was" if aside else "; it may be partly restored") + ":")
+    lost = shlex.quote(f"restoring database {name} failed, and putting the existing one back too: it is {aside}")
+    steps = ['_st=$(mktemp) || exit 2', "trap 'rm -f \"$_st\"' EXIT", *_roles_command(planned, archive, manifest, user)]
+    if aside:  # renamed, not dropped: a failed stream must leave the existing database as it was
+        steps.append(f"{sql(TERMINATE_SQL, ASIDE_SQL)} || exit 2")
     steps += [
-        '_st=$(mktemp) || exit 2',
-        f'{{ {extract}; echo $? > "$_st"; }} | {loader}; _rc=$?; _b=$(cat "$_st"); rm -f "$_st"',
-        '[ "$_b" = 0 ] || { echo "borg extract failed (exit $_b)" >&2; exit 2; }',
-        f'[ "$_rc" = 0 ] || {{ echo {failed} "exit $_rc" >&2; exit 2; }}',
+        f'{{ {extract}; echo $? > "$_st"; }} | {loader}; _rc=$?; _b=$(cat "$_st")',
+        'if [ "$_b" != 0 ] || [ "$_rc" != 0 ]; then',
+        *([f"  {sql(*PUT_BACK_SQL)} || {{ echo {lost} >&2; exit 2; }}"] if aside else []),
+        f'  [ "$_b" = 0 ] || {{ echo {failed} "borg extract failed (exit $_b)" >&2; exit 2; }}',
+        f'  echo {failed} "exit $_rc" >&2; exit 2',
+        "fi",
+        *([f"{sql(DROP_ASIDE_SQL)} || exit 2"] if aside else []),
         f"_oid=$({_psql(user, name, 'postgres', OID_SQL)}) || exit 2",
         _record(database_marker(planned.job.name, name), f"{shlex.quote(archive)}\" $_oid\""),
     ]

@@ -139,6 +139,7 @@ def drill_script(job: Job, location: Location, archive: str, files: int, max_byt
         f"{sh_join([*borg, 'extract', *wait, '--numeric-ids'])} \"$_at\" < \"$_s/pf0\" ) 2> \"$_s/err\" "
         "|| _fail 'cannot extract the sample'",
         _COMPARE,
+        "[ \"$_c\" -gt 0 ] || _bad=2  # no file compared: nothing verified",
         "_record \"$_bad\" \"$_a: $_c files compared\"",
         "_say end",
     ])
@@ -164,7 +165,8 @@ class DrillReport:
 
     @property
     def failed(self) -> bool:
-        return bool(self.error or not self.complete or any(self.found.get(kind) for kind in FAILURES))
+        nothing_compared = self.compared == 0  # a drill that compared no file verified nothing
+        return bool(self.error or not self.complete or nothing_compared or any(self.found.get(kind) for kind in FAILURES))
 
     def summary(self, limit: int = 10) -> str:
         """One line: what was compared, what failed and what was skipped, naming the paths."""
@@ -172,6 +174,9 @@ class DrillReport:
             return f"drill failed: {self.error or 'the drill stopped before its end'}"
         parts = [f"drill of {self.archive}: {self.compared} of {self.selected} sampled files compared "
                  f"({self.selected_bytes} bytes, {self.files} regular files in the archive)"]
+        if self.compared == 0:
+            parts[0] = ("drill failed: no file compared, nothing verified (" + parts[0]
+                        + "; the sample must hold a file unchanged since the archive, within checks.drillMaxBytes)")
         for kind, words in [*FAILURES.items(), *SKIPS.items()]:
             paths = self.found.get(kind)
             if paths:

@@ -26,6 +26,7 @@ True
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from dataclasses import dataclass
 from collections.abc import Mapping
@@ -36,6 +37,7 @@ from pyinfra_backup.shell import sh_join
 SPOOL_DIR = f"{STATE_DIR}/spool"
 RESTORES_DIR = f"{STATE_DIR}/restores"
 MANIFEST = "manifest.json"
+GLOBALS_FILE = "postgresql/globals.sql"  # the cluster's roles (`pg_dumpall --globals-only`): a dump has none
 EXTENSIONS = {"custom": "dump", "tar": "tar", "plain": "sql"}  # the formats pg_restore/psql read from a pipe
 ENGINES = ("podman", "docker")
 
@@ -121,6 +123,17 @@ def _dump(db: Database) -> str:
     )
 
 
+def _globals(user: str) -> str:
+    """The cluster's roles and their memberships, for a restore onto a cluster that lacks them (a
+    database's dump names its owner but does not create it). Without superuser rights pg_dumpall
+    cannot read role passwords: then the roles are dumped without them."""
+    dump = ["runuser", "-u", user, "--", "pg_dumpall", "--globals-only", "--no-tablespaces"]
+    out = f'> "$_s"/{shlex.quote(GLOBALS_FILE)} 2> "$_s/.err"'
+    what = shlex.quote(f"postgresql roles (as {user}): pg_dumpall --globals-only failed:")
+    return (f"{sh_join(dump)} {out} || {sh_join([*dump, '--no-role-passwords'])} {out} "
+            f'|| _fail {what} "$(tr -s \'\\n\\t\' \'  \' < "$_s/.err" | cut -c 1-500)"')
+
+
 def _volume(name: str) -> str:
     q = shlex.quote(name)
     key = json.dumps(name)
@@ -138,8 +151,9 @@ def _volume(name: str) -> str:
 
 def _manifest_head(spec: DataSpec) -> str:
     databases = {db.name: {"user": db.user, "format": db.format, "file": db.file} for db in spec.databases}
-    return (f'{{"version": 1, "job": {json.dumps(spec.job)}, "spool": {json.dumps(spec.spool)}, '
-            f'"databases": {json.dumps(databases)}, "volumes": {{')
+    roles = {"globals": {"user": spec.databases[0].user, "file": GLOBALS_FILE}} if spec.databases else {}
+    head = json.dumps({"version": 1, "job": spec.job, "spool": spec.spool, **roles, "databases": databases})
+    return head[:-1] + ', "volumes": {'
 
 
 def create_script(spec: DataSpec, borg_create: str) -> str:
@@ -159,6 +173,7 @@ def create_script(spec: DataSpec, borg_create: str) -> str:
         "set --",
         '_vols=""',
         *(_dump(db) for db in spec.databases),
+        *([_globals(spec.databases[0].user)] if spec.databases else []),
         *(_volume(name) for name in spec.volumes),
         'rm -f "$_s/.err"',
         f"printf '%s%s}}}}\\n' {shlex.quote(_manifest_head(spec))} \"$_vols\" > \"$_s/{MANIFEST}\"",
@@ -174,11 +189,26 @@ class Manifest:
     spool: str
     databases: Mapping[str, Mapping]  # name -> {user, format, file}
     volumes: Mapping[str, Mapping]  # name -> {engine, mountpoint, uid, gid, mode}
+    globals: Mapping | None = None  # {user, file}: the cluster's roles; None in archives made before them
 
     @classmethod
     def parse(cls, text: str) -> "Manifest":
+        """The manifest, its volumes' owner and mode checked before anything uses them (they reach
+        `chown`/`chmod` on the host): a `ValueError` names the field otherwise."""
         data = json.loads(text)
-        return cls(data["spool"], data.get("databases") or {}, data.get("volumes") or {})
+        volumes = data.get("volumes") or {}
+        for name, entry in volumes.items():
+            for key in ("uid", "gid"):
+                value = entry.get(key)
+                if type(value) is not int or value < 0:  # bool is not an id either
+                    raise ValueError(f"volumes.{name}.{key}: expected a non-negative integer, got {value!r}")
+            if not re.fullmatch(r"[0-7]{1,4}", str(entry.get("mode"))):
+                raise ValueError(f"volumes.{name}.mode: expected an octal mode, got {entry.get('mode')!r}")
+        return cls(data["spool"], data.get("databases") or {}, volumes, data.get("globals"))
+
+    def globals_path(self) -> str | None:
+        """The roles' dump inside the archive, when it has one."""
+        return in_archive(f"{self.spool}/{self.globals['file']}") if self.globals else None
 
     def dump_path(self, name: str) -> str:
         """The database's dump inside the archive."""

@@ -88,7 +88,8 @@ def operator_location(server: Server, client: str, identity: str, known_hosts: s
     repo = server.repo_for(client)
     port = "" if server.port == 22 else f":{server.port}"
     url = f"ssh://{repo['user']}@{server.address}{port}{repo['path']}"
-    return Location(url, ssh_rsh(os.path.expanduser(identity), os.path.expanduser(known_hosts), alive=alive))
+    key = os.path.expanduser(identity)
+    return Location(url, ssh_rsh(key, os.path.expanduser(known_hosts), alive=alive), key)
 
 
 @dataclass(frozen=True)

@@ -380,7 +380,12 @@ def tar_command(roots: Iterable[str]) -> str:
     """The state files as a tar stream (numeric owners, modes), base64 on stdout: the operator
     reads it through pyinfra's text output and encrypts it in memory."""
     relative = [root.lstrip("/") for root in roots]
-    return f"tar --numeric-owner -cpf - -C / -- {sh_join(relative)} | base64 -w 76"
+    tar = f"tar --numeric-owner -cpf - -C / -- {sh_join(relative)}"
+    # sh has no pipefail (dash): each side of the pipe reports its own status on fd 4; a failed tar
+    # (a file gone or unreadable) must fail the copy, not hand over a truncated stream
+    return (f'exec 3>&1; _st=$( {{ {{ {tar}; echo "tar=$?" >&4; }} | {{ base64 -w 76 >&3; echo "base64=$?" >&4; }}; }} 4>&1 ); '
+            'case "$_st" in *tar=0*) case "$_st" in *base64=0*) exit 0;; esac;; esac; '
+            'echo "the tar stream failed:" $_st >&2; exit 1')
 
 
 def copy_key(digest: str, recipients: Iterable[str]) -> str:

@@ -26,7 +26,7 @@ from facts.borg import (
     tampering, textfile_path,
 )
 from tasks import operator
-from tasks.common import HostError, host_operation
+from tasks.common import HostError, explained, host_operation
 from pyinfra_backup.borg import (
     BACKUP_KEY, KNOWN_HOSTS, check_argv, compact_argv, create_argv,
     extract_argv, borg_env, explain_errors, init_argv, parse_interval, prune_argv,
@@ -40,9 +40,14 @@ from pyinfra_backup.enrollment import (
 from pyinfra_backup.metrics import job_metrics_from_records, render_textfile
 from pyinfra_backup.ping import ping
 from pyinfra_backup.prune import to_prune
+from pyinfra_backup.rollback import RollbackError, files_after, quarantine_dir, rollback_point, rollback_script
 from pyinfra_backup.records import check_command, create_command, record_attempt
 from pyinfra_backup.schedule import Schedule
 from pyinfra_backup.shell import atomic_write, sh_join, with_env
+from pyinfra_backup.sshd import (
+    CLIENT_ALIVE_COUNT_MAX, CLIENT_ALIVE_INTERVAL, DROPIN_DIR, SSHD_CONFIG, dropin_content, dropin_path, includes_dropins,
+    install_command,
+)
 
 
 
@@ -199,6 +204,7 @@ def repo_server():
     append-only keys and `borgbackup.operatorKeys` are included; keys not in the data are removed, each
     named in the output. The last key of a repo whose host is still in the inventory, or a user's last operator
     key, goes only when `--data revoke=` names it; otherwise the server fails and nothing changes.
+    Each repo user gets an sshd drop-in ending its dead sessions (`borgbackup.clientAliveInterval`).
 
     + revoke (host data, usually `--data`): host names, key fingerprints or `operator` that may lose their keys
 
@@ -225,11 +231,26 @@ def repo_server():
         group = repo.get("group") or repo["user"]
         if current.dirs.get(repo["path"]) != f"{repo['user']}:{group}:700":
             commands.append(sh_join(["install", "-d", "-m", "0700", "-o", repo["user"], "-g", group, repo["path"]]))
+    commands += _sshd_dropins(users, current)
     if not commands:
         host.noop(f"{len(repos)} repos and their keys are in place")
         return
     forget(host)
     yield from commands
+
+
+def _sshd_dropins(users: list[str], current) -> list[str]:
+    """A `Match User` drop-in per repo user whose content differs, checked with `sshd -t` and sshd
+    reloaded; when the main sshd_config does not include the drop-in directory, said (no reload)."""
+    data = host.data.get("borgbackup") or {}
+    interval = int(data.get("clientAliveInterval", CLIENT_ALIVE_INTERVAL))
+    count = int(data.get("clientAliveCountMax", CLIENT_ALIVE_COUNT_MAX))
+    included = includes_dropins(current.sshd_config)
+    if not included:
+        host.log_styled(f"warning: {SSHD_CONFIG} does not Include {DROPIN_DIR}/*.conf: the repo users' sshd drop-ins "
+                        "have no effect until it does", fg="yellow", log_func=logger.warning)
+    return [install_command(dropin_path(user), dropin_content(user, interval, count), reload=included)
+            for user in users if current.sshd_dropins.get(user) != dropin_content(user, interval, count)]
 
 
 # --- client enrollment ----------------------------------------------------------------------
@@ -648,45 +669,36 @@ def restore(job: str, target: str, archive: str = "latest", overwrite: bool = Fa
 # --- append-only rollback -------------------------------------------------------------------
 
 
-def _rollback_point(files, transaction: int | None, before: str | None) -> int:
-    if transaction is not None:
-        if transaction not in {t for t, _ in files.transactions}:
-            raise HostError(f"{host.name}: no transaction {transaction} in the repo's log")
-        return transaction
-    earlier = [t for t, when in files.transactions if when < before]
-    if not earlier:
-        raise HostError(f"{host.name}: no transaction committed before {before}")
-    return earlier[-1]
-
-
 @host_operation
-def rollback(repo: str, transaction: int | None = None, before: str | None = None):
-    """Roll an append-only repo back to a transaction: what a delete or prune through an
-    append-only key did is undone. Segments and index files written after it are moved to
-    `<path>.rolled-back/<transaction>/` (nothing is deleted), then `borg check --repository-only`
-    runs. Clients that saw the newer state then need `forget_repo_state(job=...)`.
+def rollback(repo: str, transaction: int | None = None, before: str | None = None, lock_wait: int | None = None):
+    """Roll an append-only repo back to a transaction (undo a delete or prune made through an
+    append-only key): the files written after it are moved, under borg's own lock, to
+    `<path>.rolled-back/<transaction>-<UTC time>/` (nothing is deleted); when `borg check
+    --repository-only` then fails, they go back and the host fails. Clients then need `forget_repo_state`.
 
-    Example: `pyinfra INVENTORY tasks.borg.rollback repo=host01 before=2026-11-27T12:00:00 --limit backup`.
+    + repo: the client whose repo on this server is rolled back
+    + transaction: roll back to this transaction of the repo's log; or
+    + before: to the last transaction committed before this ISO-8601 UTC time
+    + lock_wait: seconds to wait for a live borg's lock (default `borgbackup.lockWait`, 60)
+
+    Example: `pyinfra -y INVENTORY tasks.borg.rollback repo=host01 before=2026-11-27T12:00:00Z --limit backup`.
     """
-    if (transaction is None) == (before is None):
-        raise HostError(f"{host.name}: rollback needs exactly one of transaction= or before=")
     server = fleet_servers(inventory).get(host.name)
     if server is None:
         raise HostError(f"{host.name}: not a repo server (no borgbackup.repos)")
     spec = server.repo_for(repo)
     files = host.get_fact(BorgRepoFiles, path=spec["path"])
-    point = _rollback_point(files, None if transaction is None else int(transaction), before)
-    newer = [s for s in files.segments if s > point]
-    stale_index = [name for name in files.index_files if int(name.split(".")[1]) > point]
-    if not newer and not stale_index:
+    try:
+        point = rollback_point(files.transactions, None if transaction is None else int(transaction), before)
+    except (RollbackError, ValueError) as error:
+        raise HostError(f"{host.name}: rollback of {repo}: {error}; nothing was changed") from None
+    moves = files_after(point, files.segments, files.index_files)
+    if not moves:
         host.noop(f"{repo}: nothing was written after transaction {point}")
         return
-    quarantine = f"{spec['path']}.rolled-back/{point}"
-    segments_dir = 1000  # borg 1.2 default segments_per_dir
-    moves = [f"data/{s // segments_dir}/{s}" for s in newer] + stale_index
-    yield sh_join(["install", "-d", "-m", "0700", "-o", spec["user"], os.path.dirname(quarantine), quarantine])
-    yield f"cd {sh_join([spec['path']])} && mv -f -t {sh_join([quarantine])} " + sh_join(moves)
-    yield f"cd {sh_join([spec['path']])} && runuser -u {sh_join([spec['user']])} -- borg check --repository-only ."
+    wait = _lock_wait() if lock_wait is None else int(lock_wait)
+    yield explained(rollback_script(spec["path"], spec["user"], quarantine_dir(spec["path"], point, _now()), moves, wait),
+                    "rollback: ")
 
 
 @host_operation

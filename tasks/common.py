@@ -100,3 +100,18 @@ def run_in_operation(state, host, command: str):
     connector_arguments = {key: arguments[key] for key in CONNECTOR_ARGUMENT_KEYS if key in arguments}
     return host.run_shell_command(StringCommand(command), print_output=state.print_output,
                                   print_input=state.print_input, **connector_arguments)
+
+
+def explained(command: str, prefix: str | tuple[str, ...]) -> FunctionCommand:
+    """`command` run as the operation's commands are, its own explanation (output lines starting with
+    `prefix`, in order) logged for the operator, in red when it failed: pyinfra alone shows a failed
+    command's output only with `-v`."""
+
+    def run(state, host) -> bool:
+        ok, output = run_in_operation(state, host, command)
+        lines = [line for line in output.output_lines if line.startswith(prefix)] or output.stderr_lines[-3:]
+        for line in lines:
+            host.log_styled(f"{host.name}: {line}", fg=None if ok else "red", log_func=logger.info if ok else logger.error)
+        return ok
+
+    return FunctionCommand(run, (), {})

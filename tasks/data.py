@@ -16,10 +16,10 @@ from __future__ import annotations
 from pyinfra import host
 
 from facts.data import DatabaseRestoreState, VolumeRestoreState
-from pyinfra_backup.data_restore import restore_database_command, restore_volume_command
+from pyinfra_backup.data_restore import RESTORE_SAYS, restore_database_command, restore_volume_command
 from pyinfra_backup.dumps import DataSpec
 from tasks.borg import archive_to_restore
-from tasks.common import HostError, host_operation
+from tasks.common import HostError, explained, host_operation
 
 
 def _check_manifest(job: str, archive: str, kind: str, name: str, state) -> None:
@@ -55,7 +55,8 @@ def restore_database(job: str, database: str, archive: str = "latest", overwrite
             f"{host.name}: job {job}: database {name} exists and is not empty ({state.objects} tables, views, "
             "sequences or functions): refusing to replace it; pass overwrite=true to drop and recreate it"
         )
-    yield restore_database_command(planned, archive, state.manifest, name, user, drop=state.oid is not None)
+    aside = f"pbk-replaced-{state.oid}" if state.oid is not None else None  # the existing one, until the restore worked
+    yield explained(restore_database_command(planned, archive, state.manifest, name, user, aside), RESTORE_SAYS)
 
 
 @host_operation

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import subprocess
+import tempfile
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 
 from pyinfra import inventory
 from pyinfra.api import StringCommand
@@ -109,14 +112,44 @@ def popen_borg(planned: PlannedJob, where: Location, argv: list[str], secret: by
     return proc
 
 
+@contextmanager
+def ssh_logged(where: Location):
+    """`where` with its ssh writing its own messages to a temporary file (`ssh -E`): borg reports a
+    refused key or an unreachable host only as "Connection closed by remote host". Yields
+    (location, read) where `read()` gives ssh's last messages."""
+    if not where.rsh:
+        yield where, lambda: ""
+        return
+    fd, path = tempfile.mkstemp(prefix="pyinfra-backup-ssh-", suffix=".log")
+    os.close(fd)
+    try:
+        def read() -> str:
+            with open(path, errors="replace") as log:
+                return " ".join(line.strip() for line in log.read().splitlines()[-2:] if line.strip())
+        yield replace(where, rsh=f"{where.rsh} -E {shlex.quote(path)}"), read
+    finally:
+        os.unlink(path)
+
+
+def ssh_reason(where: Location, said: str, command: str) -> str:
+    """What ssh said, and with which key this borg ran, for an operator-side failure."""
+    if not said:
+        return ""
+    key = f" with key {where.identity} (borgbackup.operatorIdentity)" if where.identity else ""
+    return (f"; ssh: {said} (borg {command} runs on the operator's machine{key}; the server must list its public "
+            "key in borgbackup.operatorKeys)")
+
+
 def run_borg(planned: PlannedJob, where: Location, argv: list[str], secret: bytes) -> str:
-    """Run borg here to the end; its stdout, or OperatorError with borg's last words."""
-    proc = popen_borg(planned, where, argv, secret, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = proc.communicate()
+    """Run borg here to the end; its stdout, or OperatorError with borg's last words (and ssh's)."""
+    with ssh_logged(where) as (logged, ssh_said):
+        proc = popen_borg(planned, logged, argv, secret, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = proc.communicate()
+        said = ssh_said() if proc.returncode != 0 else ""
     if proc.returncode != 0 and not (proc.returncode == 1 and not planned.job.fail_on_warnings):
         reason = (err.decode(errors="replace").strip().splitlines() or [f"exit {proc.returncode}"])[-1]
         command = next(word for word in argv[1:] if not word.startswith("-"))
-        raise OperatorError(f"job {planned.job.name}: borg {command} failed: {reason}")
+        raise OperatorError(f"job {planned.job.name}: borg {command} failed: {reason}{ssh_reason(where, said, command)}")
     return out.decode(errors="replace")
 
 

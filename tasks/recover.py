@@ -11,6 +11,7 @@ and undecryptable secrets recovers as well as a damaged one.
 from __future__ import annotations
 
 import subprocess
+import tempfile
 import time
 
 from pyinfra import host, inventory, logger
@@ -86,15 +87,22 @@ def _operator_git(argv: list[str]) -> subprocess.CompletedProcess:
 
 
 def _send_config(state, host, source: str, script: str) -> bool:  # noqa: F811 (pyinfra passes `host`)
-    proc = subprocess.Popen(bundle_argv(source), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    try:
-        piped = operator.pipe_to_host(host, proc, script)
-    except operator.OperatorError as error:
-        host.log_styled(f"config repo: {error}", fg="red", log_func=logger.error)
-        return False
-    if proc.wait() != 0 or piped.status != 0:
-        reason = piped.errors.strip() or f"git bundle exited {proc.returncode}"
-        host.log_styled(f"config repo: {reason}", fg="red", log_func=logger.error)
+    with tempfile.TemporaryFile() as bundle_errors:  # git's own reason, for when the bundle fails
+        proc = subprocess.Popen(bundle_argv(source), stdout=subprocess.PIPE, stderr=bundle_errors)
+        try:
+            piped = operator.pipe_to_host(host, proc, script)
+        except operator.OperatorError as error:
+            piped = None
+            reasons = [str(error)]
+        bundle_rc = proc.wait()
+        bundle_errors.seek(0)
+        said = " ".join(bundle_errors.read().decode(errors="replace").split())
+    if piped is not None:
+        reasons = [piped.errors.strip()] if piped.status != 0 else []
+    if bundle_rc != 0:  # the cause: what the host saw of a cut bundle comes second
+        reasons.insert(0, f"git bundle of {source} failed (exit {bundle_rc}): {said or 'no message'}")
+    if reasons:
+        host.log_styled(f"config repo: {'; on the host: '.join(r for r in reasons if r)}", fg="red", log_func=logger.error)
         return False
     host.log_styled(piped.output.strip(), log_func=logger.info)
     return True

@@ -39,8 +39,8 @@ class Hidden:
 def _stream_to_stage(host, planned, where, secret: Hidden, name: str, paths, exclude, stage: str):
     """borg export-tar here, piped into the host's stage -> (None, what was piped) when borg exited 0
     and the host staged exactly the bytes sent (same sha256), else (why not, None)."""
-    with tempfile.TemporaryFile() as borg_errors:
-        proc = operator.popen_borg(planned, where, export_tar_argv(planned.job, where.url, name, paths, exclude), secret.value,
+    with tempfile.TemporaryFile() as borg_errors, operator.ssh_logged(where) as (logged, ssh_said):
+        proc = operator.popen_borg(planned, logged, export_tar_argv(planned.job, where.url, name, paths, exclude), secret.value,
                                    stdout=subprocess.PIPE, stderr=borg_errors)
         try:
             piped = operator.pipe_to_host(host, proc, stage_script(stage))
@@ -49,6 +49,7 @@ def _stream_to_stage(host, planned, where, secret: Hidden, name: str, paths, exc
         borg_rc = proc.wait()
         borg_errors.seek(0)
         reason = (borg_errors.read().decode(errors="replace").strip().splitlines() or [f"exit status {borg_rc}"])[-1]
+        reason += operator.ssh_reason(where, ssh_said(), "export-tar") if borg_rc != 0 else ""
     staged = piped.output.split()[-1] if piped.output.startswith("staged ") else ""
     if borg_rc != 0:
         return f"borg export-tar {name} failed on the operator's machine: {reason}", None

@@ -152,7 +152,8 @@ def _write_copy(state, host, roots, recipients, directory: Path, base: str, key:
     except binascii.Error:
         ok = False
     if not ok:
-        reason = "state: encrypted copy failed: tar of the state files failed: " + " ".join(output.stderr_lines[-2:])
+        lines = [line for line in output.stderr_lines if not line.startswith("tar: Exiting with failure")]
+        reason = "state: encrypted copy failed: tar of the state files failed: " + " ".join(lines[-2:])
         host.log_styled(f"{host.name}: {reason}", fg="red", log_func=logger.error)
         step_failed(host, reason)
         return False

@@ -21,7 +21,7 @@ from pyinfra_backup.borg import borg_env, create_argv
 from pyinfra_backup.enrollment import Server, plan_jobs
 from pyinfra_backup.shell import with_env
 from tests.faults.conftest import CLIENTS, SERVER, job, wait_for
-from tests.integration.helpers import PROJECT
+from tests.integration.helpers import PROJECT, in_host
 
 pytestmark = pytest.mark.fleet
 
@@ -230,7 +230,10 @@ def test_9_restore_refuses_a_non_empty_target_unless_told_to_overwrite(faults):
 # --- 10: an append-only key deletes and prunes; the rollback brings every archive back ----------------
 
 
-def test_10_append_only_delete_and_prune_are_rolled_back_every_archive_extractable(faults):
+@pytest.fixture(scope="module")
+def deleted(faults):
+    """host05's client key deletes one archive and prunes all but the last; `before` is a UTC time
+    just before that (the rollback point is the transaction committed before it)."""
     fleet = faults.fleet
     if len(faults.archives("host05")) < 2:  # (scenario 1 made a second one)
         assert faults.backup("--limit", "host05", "--data", "backup_force=true").returncode == 0
@@ -242,9 +245,75 @@ def test_10_append_only_delete_and_prune_are_rolled_back_every_archive_extractab
     repo = f"borg@{fleet.host(SERVER).address}:."
     fleet.run("host05", f"{client_borg} delete {repo}::{names[0]} && {client_borg} prune --keep-last 1 {repo}")
     assert faults.archives("host05") == names[-1:]  # borg appears to obey the client's append-only key...
+    return {"names": names, "kept": kept, "before": before}
 
-    run = faults.pyinfra("tasks.borg.rollback", "repo=host05", f"before={before}", "--limit", SERVER)
+
+def repo_digest(faults, client: str) -> str:
+    """Every file of the client's repo but borg's lock, with its SHA-256: what a failed rollback must leave."""
+    return faults.fleet.run(SERVER, f"cd {faults.repo_dir(client)} && find . -type f ! -name 'lock*' -print0 | "
+                                    "sort -z | xargs -0 sha256sum").stdout
+
+
+def test_10a_a_rollback_time_that_is_not_iso_utc_is_refused_and_nothing_changes(faults, deleted):
+    files = repo_digest(faults, "host05")
+    for before in ("yesterday", "2026-11-27T13:00:00+01:00"):
+        run = faults.pyinfra("tasks.borg.rollback", "repo=host05", f"before={before}", "--limit", SERVER)
+        assert run.returncode != 0, run.stdout
+        assert re.search(r"rollback of host05: before=.*(not an ISO-8601 time|in UTC).*nothing was changed", run.stdout), run.stdout
+    assert repo_digest(faults, "host05") == files
+
+
+def test_10b_a_rollback_waits_for_a_live_borg_s_lock_and_moves_nothing_without_it(faults, deleted):
+    fleet, repo = faults.fleet, faults.repo_dir("host05")
+    holder = subprocess.Popen(in_host(fleet, SERVER, f"exec runuser -u borg -- borg with-lock {repo} sleep 15"))
+    try:
+        wait_for(lambda: "./lock.roster" in faults.repo_files("host05"), 10, "borg's lock")
+        files = repo_digest(faults, "host05")  # (with-lock itself writes a segment when it starts)
+        run = faults.pyinfra("tasks.borg.rollback", "repo=host05", f"before={deleted['before']}", "lock_wait=2",
+                             "--limit", SERVER)
+        during = repo_digest(faults, "host05")
+    finally:
+        holder.wait(timeout=60)
+    assert run.returncode != 0, run.stdout
+    assert "rollback: borg's lock on /var/lib/borgbackup/host05 was not acquired within 2 s" in run.stdout, run.stdout
+    assert "nothing was moved" in run.stdout and during == files
+    assert fleet.run(SERVER, f"ls -A {repo}.rolled-back 2>/dev/null").stdout == ""  # no file went anywhere
+
+
+def test_10c_when_the_check_after_the_move_fails_every_file_goes_back(faults, deleted):
+    fleet, repo = faults.fleet, faults.repo_dir("host05")
+    log = fleet.run(SERVER, f"cat {repo}/transactions").stdout.splitlines()
+    point = [int(line.split()[1].rstrip(",")) for line in log if line.split()[-1] < deleted["before"]][-1]
+    # A segment the rollback keeps, damaged (8 bytes in its middle): the check after the move must fail.
+    segment = fleet.run(SERVER, f"cd {repo}/data/0 && ls -S | awk '$1 <= {point}' | head -1").stdout.strip()
+    size = int(fleet.run(SERVER, f"stat -c %s {repo}/data/0/{segment}").stdout)
+    spot = f"of={repo}/data/0/{segment} bs=1 seek={size // 2} count=8 conv=notrunc status=none"
+    original = fleet.run(SERVER, f"dd if={repo}/data/0/{segment} bs=1 skip={size // 2} count=8 status=none | base64").stdout
+    fleet.run(SERVER, f"printf XXXXXXXX | dd {spot}")
+    try:
+        files = repo_digest(faults, "host05")
+        run = faults.pyinfra("tasks.borg.rollback", "repo=host05", f"before={deleted['before']}", "--limit", SERVER)
+        after = repo_digest(faults, "host05")
+    finally:
+        fleet.run(SERVER, f"printf %s {original.strip()} | base64 -d | dd {spot}")
+    assert run.returncode != 0, run.stdout
+    assert "borg check --repository-only failed after the move: putting the" in run.stdout, run.stdout
+    assert "every moved file is back in place; the repo is as it was before the rollback" in run.stdout, run.stdout
+    assert after == files  # every segment and index file back, nothing else written
+    assert fleet.run(SERVER, f"ls -A {repo}.rolled-back 2>/dev/null").stdout == ""
+
+
+def test_10_append_only_delete_and_prune_are_rolled_back_every_archive_extractable(faults, deleted):
+    fleet, names, kept = faults.fleet, deleted["names"], deleted["kept"]
+    moved = set(faults.repo_files("host05"))
+    run = faults.pyinfra("tasks.borg.rollback", "repo=host05", f"before={deleted['before']}", "--limit", SERVER)
     assert run.returncode == 0, run.stdout
+    assert "borg check --repository-only passed" in run.stdout, run.stdout
+    moved -= set(faults.repo_files("host05"))
+    quarantined = fleet.run(SERVER, f"cd {faults.repo_dir('host05')}.rolled-back && find . -type f").stdout.split()
+    assert moved and {name.rsplit("/", 1)[1] for name in moved} <= {name.rsplit("/", 1)[1] for name in quarantined}
+    again = faults.pyinfra("tasks.borg.rollback", "repo=host05", f"before={deleted['before']}", "--limit", SERVER)
+    assert again.returncode == 0 and "[backup] No changes" in again.stdout, again.stdout  # rolled back already
     repo_id = fleet.run(SERVER, f"sed -n 's/^id = //p' {faults.repo_dir('host05')}/config").stdout.strip()
     base = faults.env["BORG_BASE_DIR"]
     subprocess.run(["rm", "-rf", f"{base}/.config/borg/security/{repo_id}", f"{base}/.cache/borg/{repo_id}"], check=True)
@@ -332,6 +401,38 @@ def test_12_a_changed_server_host_key_is_refused_by_every_client_and_nothing_is_
 # --- 13: a network cut in the middle of a create --------------------------------------------------------
 
 
+def server_with(faults, **borgbackup) -> dict:
+    return {"borgbackup": {**faults.server_data["borgbackup"], **borgbackup}}
+
+
+def test_13a_the_repo_server_gets_an_sshd_drop_in_checked_by_sshd_t_before_sshd_reloads(faults):
+    fleet = faults.fleet
+    dropin = "/etc/ssh/sshd_config.d/pyinfra-backup-borg.conf"
+    # Another drop-in that sshd refuses: ours is checked with the whole configuration, and left as it was.
+    fleet.run(SERVER, "echo 'NoSuchOption yes' > /etc/ssh/sshd_config.d/zz-broken.conf")
+    inventory = faults.write_inventory("inventory-alive.py", **{SERVER: server_with(faults, clientAliveInterval=1)})
+    try:
+        refused = faults.pyinfra("deploys/backup_server.py", inventory=inventory)
+    finally:
+        fleet.run(SERVER, "rm -f /etc/ssh/sshd_config.d/zz-broken.conf")
+    assert refused.returncode != 0, refused.stdout
+    assert re.search(rf"sshd: the drop-in {dropin} fails sshd -t \(left as it was\): .*NoSuchOption", refused.stdout), refused.stdout
+    # the one the first backup_server.py run wrote (defaults; sshd not reloaded: its config did not include it then)
+    assert "    ClientAliveInterval 30\n" in fleet.run(SERVER, f"cat {dropin}").stdout
+    pid = fleet.run(SERVER, "cat /run/sshd.pid").stdout.strip()
+    run = faults.pyinfra("deploys/backup_server.py", inventory=inventory)
+    assert run.returncode == 0, run.stdout
+    assert fleet.run(SERVER, f"cat {dropin}").stdout.splitlines()[1:] == [
+        "Match User borg", "    ClientAliveInterval 1", "    ClientAliveCountMax 3"]
+    effective = fleet.run(SERVER, "/usr/sbin/sshd -T -C user=borg,host=x,addr=10.0.0.1 | grep -i '^clientalive'").stdout.split()
+    assert effective == ["clientaliveinterval", "1", "clientalivecountmax", "3"], effective
+    assert fleet.run(SERVER, "/usr/sbin/sshd -T -C user=root,host=x,addr=10.0.0.1 | grep -i '^clientaliveinterval'").stdout.split() == [
+        "clientaliveinterval", "0"]  # only the repo users' sessions
+    assert fleet.run(SERVER, "cat /run/sshd.pid").stdout.strip() == pid  # reloaded (SIGHUP: re-exec), not restarted
+    again = faults.pyinfra("deploys/backup_server.py", inventory=inventory)
+    assert again.returncode == 0 and "[backup] Success" not in again.stdout, again.stdout  # idempotent
+
+
 def test_13_a_network_cut_mid_create_fails_the_host_in_bounded_time_next_run_completes(faults):
     fleet, repo = faults.fleet, faults.repo_dir("host02")
     server = fleet.host(SERVER).address
@@ -345,8 +446,9 @@ def test_13_a_network_cut_mid_create_fails_the_host_in_bounded_time_next_run_com
         client = faults.client_data("host02", {**faults.jobs["host02"], "bulk": bulk_job})
         return {"borgbackup": {**client["borgbackup"], "serverAliveInterval": 1}}
 
-    inventory = faults.write_inventory("inventory-cut.py", host02=data(bulk))
-    slow = faults.write_inventory("inventory-cut-slow.py", host02=data(throttled))
+    alive = {SERVER: server_with(faults, clientAliveInterval=1)}  # as scenario 13a installed it: sshd probes every second
+    inventory = faults.write_inventory("inventory-cut.py", host02=data(bulk), **alive)
+    slow = faults.write_inventory("inventory-cut-slow.py", host02=data(throttled), **alive)
     commits = int(fleet.run(SERVER, f"wc -l < {repo}/transactions").stdout)
     result = {}
     runner = threading.Thread(target=lambda: result.setdefault("run", faults.backup("--limit", "host02", inventory=slow)))
@@ -362,6 +464,10 @@ def test_13_a_network_cut_mid_create_fails_the_host_in_bounded_time_next_run_com
         runner.join(timeout=45)
         ended = time.monotonic() - cut
         assert not runner.is_alive(), "the run still waits on a dead connection 45 s after the cut"
+        # The server's `borg serve` only reads: it never learns of the cut itself. sshd's probes (the drop-in of
+        # scenario 13a) go unanswered and sshd ends the session, and with it borg serve, while the route is still cut.
+        serving = f"for p in $(pgrep -x borg); do [ \"$(readlink /proc/$p/cwd)\" = {repo} ] && echo $p; done; true"
+        wait_for(lambda: not fleet.run(SERVER, serving).stdout.strip(), 20, "sshd to end the dead client's borg serve")
     finally:
         fleet.run("host02", f"ip route del blackhole {server}/32", check=False)
         runner.join()
@@ -369,10 +475,7 @@ def test_13_a_network_cut_mid_create_fails_the_host_in_bounded_time_next_run_com
     assert run.returncode != 0 and ended < 30, (ended, run.stdout)
     # ssh's own words (`Timeout, server ... not responding`) do not reach borg's error: borg reports the close
     assert re.search(r"\[host02\] host02: job bulk: the repo server is unreachable \(Connection closed", run.stdout), run.stdout
-    # The server's `borg serve` may not learn of the cut (it reads, it does not send): the operator's step
-    # (README, Known limits) is to stop it; borg then leaves its lock to be removed by the next borg.
-    fleet.run(SERVER, f"for p in $(pgrep -x borg); do [ \"$(readlink /proc/$p/cwd)\" = {repo} ] && kill $p; done; true")
-    again = faults.backup("--limit", "host02", inventory=inventory)  # bulk is still due
+    again = faults.backup("--limit", "host02", inventory=inventory)  # bulk is still due; nobody killed anything
     assert again.returncode == 0, again.stdout
     fresh = faults.freshness(inventory)["host02"]
     assert fresh["bulk"]["status"] == "fresh" and not fresh["bulk"]["last_archive"].endswith("checkpoint"), fresh

@@ -125,6 +125,8 @@ PrintLastLog no
 X11Forwarding no
 AcceptEnv LANG LC_*
 Subsystem sftp internal-sftp
+# as Debian's does (there first; here last, so that a drop-in's Match block cannot swallow the lines above)
+Include /etc/ssh/sshd_config.d/*.conf
 """
 
 _BASHRC = """\
@@ -779,10 +781,10 @@ class Fleet:
     @staticmethod
     def _as_on_a_fresh_machine(upper: Path, root: Path) -> None:
         """A host starts as a new machine would, not with what was configured or left on this one: no git
-        identity, no borg security/cache dirs, no podman storage of the machine's. podman gets the storage a
+        identity, no borg security/cache dirs, no podman storage or sshd drop-ins of the machine's. podman gets the storage a
         host whose root is an overlay needs (the default `overlay` driver cannot stack on it): `vfs`."""
         _whiteout(root / ".gitconfig")
-        for rel in ("root/.config", "root/.cache", "var/lib/containers"):
+        for rel in ("root/.config", "root/.cache", "var/lib/containers", "etc/ssh/sshd_config.d"):
             empty = _mkdirs_like_lower(upper, rel)
             os.setxattr(empty, "trusted.overlay.opaque", b"y")
         _write(_mkdirs_like_lower(upper, "etc/containers") / "storage.conf", _PODMAN_STORAGE)

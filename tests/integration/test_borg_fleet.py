@@ -317,3 +317,22 @@ def test_one_failing_job_does_not_stop_the_hosts_other_jobs(setup):
     after = archives(setup, "host01")
     assert after and after[-1] not in before  # the system job, after the broken one, still made its archive
     assert fleet.run("host01", "test -s /var/lib/pyinfra-backup/jobs/broken/last-attempt", check=False).returncode == 0
+
+
+def test_a_wrong_operator_identity_says_which_key_which_host_refused_and_where_prune_runs(setup):
+    fleet, tmp = setup["fleet"], setup["tmp"]
+    wrong = tmp / "not_authorised_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(wrong)], check=True)
+    data = {name: setup["client_data"](name) for name in CLIENTS}
+    data["host01"]["borgbackup"]["operatorIdentity"] = str(wrong)
+    inventory = fleet.write_inventory(tmp / "inventory-wrong-operator-key.py", {**data, "backup": setup["server_data"]},
+                                      {"clients": CLIENTS, "servers": ["backup"]})
+    time.sleep(1)  # archive names have second resolution
+    run = pyinfra(inventory, "deploys/backup.py", "--data", "backup_force=true", "--limit", "host01", env=setup["env"])
+    assert run.returncode != 0, run.stdout
+    server = fleet.host("backup").address
+    # borg alone says "Connection closed by remote host"; ssh's own message names the user, host and refusal
+    assert re.search(rf"\[host01\] .*job system: borg prune failed: .*; ssh: borg@{re.escape(server)}: "
+                     r"Permission denied \(publickey\)", run.stdout), run.stdout
+    assert (f"borg prune runs on the operator's machine with key {wrong} (borgbackup.operatorIdentity); "
+            "the server must list its public key in borgbackup.operatorKeys") in run.stdout, run.stdout

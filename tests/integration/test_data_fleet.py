@@ -172,6 +172,23 @@ def test_dropped_database_is_restored_by_name_with_the_same_rows(setup):
     assert again.returncode == 0 and "already restored" in again.stdout and not succeeded(again, "app01")
 
 
+OWNER = "runuser -u postgres -- psql -XAtq -c \"select pg_get_userbyid(datdba) from pg_database where datname = 'shop'\""
+ROLE = "runuser -u postgres -- psql -XAtq -c \"select rolcanlogin, rolcreatedb from pg_roles where rolname = 'shopkeeper'\""
+
+
+def test_a_database_whose_owner_role_is_gone_comes_back_with_its_owner(setup):
+    fleet = setup["fleet"]
+    rows = fleet.run("app01", ROWS).stdout
+    assert fleet.run("app01", ROLE).stdout == "t|f\n"
+    # As on a fresh cluster: neither the database nor the role that owns it (roles are cluster-wide, not in a dump)
+    fleet.run("app01", "runuser -u postgres -- dropdb shop && runuser -u postgres -- dropuser shopkeeper")
+    restored = run(setup, "tasks.data.restore_database", "job=data", "database=shop", "--limit", "app01")
+    assert restored.returncode == 0, restored.stdout
+    assert fleet.run("app01", OWNER).stdout == "shopkeeper\n"
+    assert fleet.run("app01", ROLE).stdout == "t|f\n"  # the role as it was (pg_dumpall --globals-only)
+    assert fleet.run("app01", ROWS).stdout == rows
+
+
 def test_a_non_empty_database_is_replaced_only_with_overwrite(setup):
     fleet = setup["fleet"]
     notes = fleet.run("app01", NOTES).stdout
@@ -235,3 +252,35 @@ def test_unknown_database_or_missing_volume_fails_the_backup_before_borg_runs(se
     assert fleet.run("app01", ROWS).stdout == rows
     for client in CLIENTS:
         assert fleet.run(client, f"test -e {SPOOL} || echo gone").stdout == "gone\n"
+
+
+def test_an_overwrite_whose_restore_fails_leaves_the_existing_database_untouched(setup):
+    fleet = setup["fleet"]
+    fleet.run("app01", "runuser -u postgres -- createdb tagged && runuser -u postgres -- psql -Xq -v ON_ERROR_STOP=1 tagged "
+                       "-c 'create extension pg_trgm' -c 'create table t (x text)' -c \"insert into t values ('backed up')\"")
+    tagged = setup["make_inventory"]("inventory-tagged.py", {"app01": job([{"name": "tagged"}]), "app02": GOOD["app02"]})
+    backup = run(setup, "deploys/backup.py", "--data", "backup_force=true", "--limit", "app01", inventory=tagged)
+    assert backup.returncode == 0, backup.stdout
+    fleet.run("app01", "runuser -u postgres -- psql -Xq tagged -c \"insert into t values ('since the backup')\"")
+    state = ("runuser -u postgres -- psql -XAtq tagged -c \"select (select oid from pg_database where datname = 'tagged'), "
+             "string_agg(x, ',' order by x) from t\"")
+    before = fleet.run("app01", state).stdout
+    # The restore cannot succeed on this host any more: the extension the dump creates is not installed.
+    control = "/usr/share/postgresql/15/extension/pg_trgm.control"
+    fleet.run("app01", f"mv {control} {control}.away")
+    try:
+        failed = run(setup, "tasks.data.restore_database", "job=data", "database=tagged", "overwrite=true",
+                     "--limit", "app01", inventory=tagged)
+    finally:
+        fleet.run("app01", f"mv {control}.away {control}")
+    assert failed.returncode != 0
+    assert re.search(r"\[app01\]\s+app01: restoring database tagged failed; the existing database is back as it was: "
+                     r"exit 1", failed.stdout), failed.stdout
+    assert fleet.run("app01", state).stdout == before  # the same database (oid), rows written after the backup kept
+    names = "runuser -u postgres -- psql -XAtq -c 'select datname from pg_database order by 1'"
+    assert "pbk-replaced" not in fleet.run("app01", names).stdout
+    forced = run(setup, "tasks.data.restore_database", "job=data", "database=tagged", "overwrite=true",
+                 "--limit", "app01", inventory=tagged)
+    assert forced.returncode == 0, forced.stdout  # with the extension back, the overwrite goes through
+    assert fleet.run("app01", state).stdout.split("|")[1] == "backed up\n"
+    assert "pbk-replaced" not in fleet.run("app01", names).stdout  # the replaced database dropped once it worked

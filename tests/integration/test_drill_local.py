@@ -123,3 +123,16 @@ def test_a_corrupt_repo_is_an_error_naming_borgs_reason(repo):
     report, _ = drill(repo)
     assert report.failed and report.error.startswith("cannot extract the sample: Data integrity error"), report.error
     assert os.listdir(repo / "scratch") == []
+
+
+def test_a_drill_that_compares_no_file_fails_saying_nothing_was_verified(repo):
+    for path in (repo / "data").rglob("*"):  # every file changed since the archive: each one skipped
+        if path.is_file() and not path.is_symlink():
+            os.utime(path, (1, 1))
+    report, run = drill(repo)
+    assert report.complete and report.compared == 0 and report.found["changed"], run.stdout
+    assert report.failed
+    assert report.summary().startswith("drill failed: no file compared, nothing verified (drill of "), report.summary()
+    assert (repo / "records" / "last-drill").read_text().split("\n")[0].endswith(" 2")
+    nothing_fits, _ = drill(repo, max_bytes=0)  # an empty sample verifies nothing either
+    assert nothing_fits.compared == 0 and nothing_fits.failed

@@ -149,3 +149,21 @@ def test_the_recovered_host_backs_up_again_and_passes_the_infra_checks(recovery)
                              "--inventory", str(recovery["inventory"]), "--limit", CLIENT],
                             cwd=PROJECT, capture_output=True, text=True, env={**os.environ, **recovery["env"]})
     assert checks.returncode == 0, checks.stdout[-3000:]
+
+
+def test_a_config_bundle_that_git_cannot_make_fails_with_gits_own_reason(fleet_factory, tmp_path):
+    fleet = fleet_factory(["cfg01"])
+    source = tmp_path / "fleet-config"
+    subprocess.run(["git", "init", "-q", "-b", "main", str(source)], check=True)
+    (source / "flake.nix").write_text("{ outputs = _: { }; }\n")
+    _git(source, "add", "-A")
+    _git(source, "-c", "user.name=op", "-c", "user.email=op@x", "commit", "-q", "-m", "fleet v1")
+    blob = _git(source, "rev-parse", "HEAD:flake.nix")  # the commit resolves, its file's object is gone
+    (source / ".git" / "objects" / blob[:2] / blob[2:]).unlink()
+    data = {"cfg01": {"config_repo": {"path": CONFIG, "remotes": {"origin": "git@git.example.org:fleet.git"}},
+                      "recover_config_source": str(source)}}
+    run = pyinfra(fleet.write_inventory(tmp_path / "inventory.py", data), "tasks.recover.config")
+    assert run.returncode != 0, run.stdout
+    assert re.search(rf"\[cfg01\] config repo: git bundle of {source} failed \(exit \d+\): "
+                     rf"fatal: unable to read {blob}", run.stdout), run.stdout
+    assert fleet.run("cfg01", f"test -e {CONFIG}", check=False).returncode != 0  # nothing checked out

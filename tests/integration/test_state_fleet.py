@@ -230,3 +230,44 @@ def test_an_unreadable_path_fails_that_host_only_and_changes_nothing(setup):
         assert (after[client][0], after[client][2:]) == (state, (copied, recorded))  # no state archive, copy, record
         # the job's own (forced) backup went on, and its prune (keep.daily=1) left the state archives alone
         assert len(after[client][1]) == 1 and after[client][1] != data
+
+
+# Inside the host: waits for borg's create of a state archive to start and end, then removes a file, so that
+# the tar of the encrypted copy (the next step) misses a file the state fact saw.
+VANISH = r"""
+import glob, os, sys, time
+seen, deadline = False, time.time() + 120
+while time.time() < deadline:
+    running = False
+    for path in glob.glob("/proc/[0-9]*/cmdline"):
+        try:
+            argv = open(path, "rb").read()
+        except OSError:
+            continue
+        running = running or (b"\0create\0" in argv and b"-state-" in argv)
+    if running:
+        seen = True
+    elif seen:
+        os.remove(sys.argv[1])
+        break
+    time.sleep(0.005)
+"""
+
+
+def test_a_tar_that_fails_during_the_encrypted_copy_fails_the_host_and_writes_no_copy(setup):
+    fleet = setup["fleet"]
+    fleet.run("host02", "echo transient > /srv/vanishing")
+    paths = ["/etc/machine-id", "/srv/vanishing"]
+    inventory = setup["write_inventory"]("inventory-vanishing.py", host02=setup["client_data"]("host02", paths=paths))
+    copied = copies(setup, "host02")
+    watcher = subprocess.Popen(in_host(fleet, "host02", f"exec python3 -c '{VANISH}' /srv/vanishing"))
+    try:
+        run = pyinfra(inventory, "deploys/backup.py", "-v", "--limit", "host02", env=setup["env"])
+    finally:
+        watcher.wait(timeout=150)
+    assert fleet.run("host02", "test -e /srv/vanishing", check=False).returncode != 0  # the watcher did remove it
+    assert "state: stored a state archive" in run.stdout, run.stdout  # ...after the state archive was stored
+    assert run.returncode != 0, run.stdout
+    assert re.search(r"\[host02\] host02: state: encrypted copy failed: tar of the state files failed: "
+                     r".*srv/vanishing: Cannot stat", run.stdout), run.stdout
+    assert copies(setup, "host02") == copied  # no copy of what tar did not read, named as if it held it

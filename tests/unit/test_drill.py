@@ -10,7 +10,8 @@ from pyinfra_backup.validate import host_data_errors
 def test_a_drill_without_an_end_is_a_failure():
     report = parse_drill(["::drill:: archive a", "::drill:: files 3 0", "::drill:: selected 3 30"])
     assert report.failed and report.summary() == "drill failed: the drill stopped before its end"
-    long = parse_drill(["::drill:: archive a", *(f"::drill:: gone p{i}" for i in range(12)), "::drill:: end"])
+    long = parse_drill(["::drill:: archive a", *(f"::drill:: gone p{i}" for i in range(12)), "::drill:: compared 1",
+                        "::drill:: end"])
     assert not long.failed and long.summary().endswith("12 skipped, gone from the host: " + ", ".join(
         f"/p{i}" for i in range(10)) + " and 2 more")
 
@@ -54,3 +55,10 @@ def test_the_newest_archive_matching_the_glob_checkpoints_left_out():
     assert newest_archive(listing, archive_glob("h-system")).name == "h-system-2026-11-27T09:00:00"
     assert newest_archive(listing, "h-system-state-*").name == "h-system-state-2026-11-27T10:00:00"
     assert newest_archive(listing, "h-db-*") is None and newest_archive(RepoListing(exists=False), "*") is None
+
+
+def test_a_drill_that_compared_no_file_fails_saying_so():
+    report = parse_drill(["::drill:: archive a", "::drill:: files 3 0", "::drill:: selected 2 30", "::drill:: changed p",
+                          "::drill:: gone q", "::drill:: compared 0", "::drill:: end"])
+    assert report.failed
+    assert report.summary().startswith("drill failed: no file compared, nothing verified (drill of a: 0 of 2 sampled")

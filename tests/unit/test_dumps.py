@@ -140,7 +140,7 @@ def test_volume_and_database_facts_parse_their_sections():
         return [f"::pbk:: {name}", *stdout, f"::pbk:: {name} stderr", *([stderr] if stderr else []),
                 f"::pbk:: {name} rc {rc}"]
 
-    manifest = '{"version": 1, "job": "j", "spool": "/s", "databases": {}, "volumes": {"v": {"engine": "podman"}}}'
+    manifest = '{"version": 1, "job": "j", "spool": "/s", "databases": {}, "volumes": {"v": {"engine": "podman", "uid": 0, "gid": 0, "mode": "755"}}}'
     volume = data_restore.parse_volume([
         *section("manifest", [manifest], 0), *section("volume", ["podman /var/lib/v/_data", "4"], 0),
         *section("engines", ["podman", "docker"], 0), *section("marker", ["arch-1 4"], 0)])
@@ -158,3 +158,19 @@ def test_volume_and_database_facts_parse_their_sections():
                                      "failed: No such file or directory"), *section("marker", [], 1)])
     assert down.error.startswith("cannot query PostgreSQL: psql: error: connection to server")
     assert down.manifest_error == "cannot read the archive's manifest: Repository /r does not exist."
+
+
+@pytest.mark.parametrize("field, value", [("uid", "0; touch /tmp/owned"), ("uid", -1), ("gid", "1000"), ("gid", 1.5),
+                                          ("uid", True), ("gid", None), ("mode", "0755; id"), ("mode", 755.0)])
+def test_a_volume_owner_or_mode_from_an_archive_that_is_not_a_number_is_refused_naming_the_field(field, value):
+    entry = {"engine": "podman", "mountpoint": "/var/lib/v/_data", "uid": 999, "gid": 999, "mode": "750", field: value}
+    text = json.dumps({"version": 1, "job": "j", "spool": "/s", "databases": {}, "volumes": {"v": entry}})
+    with pytest.raises(ValueError, match=rf"^volumes\.v\.{field}: expected "):
+        Manifest.parse(text)
+    state = data_restore.parse_volume(["::pbk:: manifest", text, "::pbk:: manifest stderr", "::pbk:: manifest rc 0",
+                                       "::pbk:: volume", "::pbk:: volume stderr", f"::pbk:: volume rc {data_restore.MISSING}",
+                                       "::pbk:: engines", "podman", "::pbk:: engines stderr", "::pbk:: engines rc 0",
+                                       "::pbk:: marker", "::pbk:: marker stderr", "::pbk:: marker rc 1"])
+    assert state.manifest is None
+    assert state.manifest_error.startswith(f"invalid manifest.json: volumes.v.{field}: expected "), state.manifest_error
+    assert state.manifest_error.endswith("nothing was restored")
