@@ -39,18 +39,6 @@ def pick_archive(listing: RepoListing, base_name: str, archive: str) -> str:
     return archive
 
 
-_REPLACE_ASIDE = r"""
-for f; do
-  rel=${f#./}; dest="${target%/}/$rel"
-  if [ -e "$dest" ] || [ -L "$dest" ]; then
-    if [ -f "$f" ] && [ ! -L "$f" ] && [ -f "$dest" ] && [ ! -L "$dest" ] && cmp -s "$f" "$dest"; then continue; fi
-    if [ -L "$f" ] && [ -L "$dest" ] && [ "$(readlink "$f")" = "$(readlink "$dest")" ]; then continue; fi
-    mkdir -p "$aside/$(dirname "$rel")" && mv "$dest" "$aside/$rel" && echo "replaced $dest (kept in $aside/$rel)"
-  fi
-done
-"""
-
-
 def stage_script(stage: str) -> str:
     """The host's first phase: a tar stream on stdin unpacked into `stage` (a new 0700 directory under
     RELAY_DIR) with numeric owners and modes, its members listed and the sha256 of the bytes received
