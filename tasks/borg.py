@@ -215,18 +215,8 @@ def repo_server():
         repo_server()  # on every host with borgbackup.repos (deploys/backup_server.py, deploys/backup.py)
     """
     server, repos, users, groups, current = _server_layout(host)
-    keys = _checked_keys(server, repos, current)
-    primary = {repo["user"]: repo.get("group") or repo["user"] for repo in repos.values()}
     commands = [sh_join(["groupadd", "--system", group]) for group in groups if group not in current.groups]
-    for user in users:
-        group = primary.get(user, user)
-        home = current.users.get(user) or ("/var/lib/borgbackup" if user == "borg" else f"/var/lib/{user}")
-        if user not in current.users:
-            commands.append(sh_join(["useradd", "--system", "--gid", group, "--home-dir", home, "--shell", "/bin/sh", "--password", "*", user]))
-        content = "".join(line + "\n" for line in keys.get(user, []))
-        if current.authorized_keys.get(user) != content:
-            commands.append(sh_join(["install", "-d", "-m", "0700", "-o", user, "-g", group, home, f"{home}/.ssh"]))
-            commands.append(atomic_write(f"{home}/.ssh/authorized_keys", content, "0600", owner=user))
+    commands += _user_commands(users, repos, _checked_keys(server, repos, current), current)
     for name, repo in sorted(repos.items()):
         group = repo.get("group") or repo["user"]
         if current.dirs.get(repo["path"]) != f"{repo['user']}:{group}:700":
@@ -237,6 +227,22 @@ def repo_server():
         return
     forget(host)
     yield from commands
+
+
+def _user_commands(users: list[str], repos, keys: dict[str, list[str]], current) -> list[str]:
+    """Each repo user made when missing, and its authorized_keys written (atomically) when it differs."""
+    primary = {repo["user"]: repo.get("group") or repo["user"] for repo in repos.values()}
+    commands = []
+    for user in users:
+        group = primary.get(user, user)
+        home = current.users.get(user) or ("/var/lib/borgbackup" if user == "borg" else f"/var/lib/{user}")
+        if user not in current.users:
+            commands.append(sh_join(["useradd", "--system", "--gid", group, "--home-dir", home, "--shell", "/bin/sh", "--password", "*", user]))
+        content = "".join(line + "\n" for line in keys.get(user, []))
+        if current.authorized_keys.get(user) != content:
+            commands.append(sh_join(["install", "-d", "-m", "0700", "-o", user, "-g", group, home, f"{home}/.ssh"]))
+            commands.append(atomic_write(f"{home}/.ssh/authorized_keys", content, "0600", owner=user))
+    return commands
 
 
 def _sshd_dropins(users: list[str], current) -> list[str]:
