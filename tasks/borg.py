@@ -560,8 +560,10 @@ def _failures(records) -> list[str]:
     for job, record in sorted(records.items()):
         if record.attempt and not record.attempt.ok:
             lines = record.attempt.error.splitlines() or [f"exit status {record.attempt.rc}"]
-            ours = lines[-1].startswith(f"{host.name}: ")  # a JobError's own message
-            reasons.append(lines[-1][len(host.name) + 2:] if ours else f"job {job}: {explain_errors(lines)}")
+            if lines[0].startswith(f"{host.name}: "):  # a JobError's own message, already explained: as it is
+                reasons.append(" ".join(" ".join(lines)[len(host.name) + 2:].split()))
+            else:
+                reasons.append(f"job {job}: {explain_errors(lines)}")
         if record.check and not record.check.ok:
             reasons.append(f"job {job}: borg check failed (exit status {record.check.rc})")
     return reasons

@@ -82,19 +82,25 @@ def secret(host, planned: PlannedJob) -> bytes:
 def listing(host, planned: PlannedJob, where: Location) -> RepoListing:
     """The job's repo as the operator's own borg lists it (full-access key): what the archive ledger
     compares, and what a client's key cannot forge (a client's own listing runs on the client)."""
-    proc = popen_borg(planned, where, list_argv(planned.job, where), secret(host, planned),
-                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = proc.communicate()
-    return parse_list(out.decode(errors="replace"), proc.returncode, err.decode(errors="replace"))
+    with ssh_logged(where) as (logged, ssh_said):
+        proc = popen_borg(planned, logged, list_argv(planned.job, where), secret(host, planned),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = proc.communicate()
+        said = ssh_said() if proc.returncode != 0 else ""
+    listing = parse_list(out.decode(errors="replace"), proc.returncode, err.decode(errors="replace"))
+    if listing.error:  # one line, with ssh's own words: the listing is the first step of the operator's prune
+        return replace(listing, error=" ".join(listing.error.split()) + ssh_reason(where, said, "prune"))
+    return listing
 
 
 def remembered(repo_id: str) -> list[str]:
     """What the operator's borg remembers of a repo (security dir, cache), as borg 1.2 finds them:
     a repo rolled back to an older state is refused until they are gone."""
-    base = os.environ.get("BORG_BASE_DIR") or os.path.expanduser("~")
-    config = os.environ.get("BORG_CONFIG_DIR") or os.path.join(os.environ.get("XDG_CONFIG_HOME") or f"{base}/.config", "borg")
-    cache = os.environ.get("BORG_CACHE_DIR") or os.path.join(os.environ.get("XDG_CACHE_HOME") or f"{base}/.cache", "borg")
-    security = os.environ.get("BORG_SECURITY_DIR") or f"{config}/security"
+    env = operator_env(os.environ, {})  # the environment the operator's borg runs with: no BORG_* of the shell
+    base = env.get("BORG_BASE_DIR") or os.path.expanduser("~")
+    config = os.path.join(env.get("XDG_CONFIG_HOME") or f"{base}/.config", "borg")
+    cache = os.path.join(env.get("XDG_CACHE_HOME") or f"{base}/.cache", "borg")
+    security = f"{config}/security"
     return [path for path in (f"{security}/{repo_id}", f"{cache}/{repo_id}") if os.path.isdir(path)]
 
 

@@ -331,8 +331,10 @@ def test_a_wrong_operator_identity_says_which_key_which_host_refused_and_where_p
     run = pyinfra(inventory, "deploys/backup.py", "--data", "backup_force=true", "--limit", "host01", env=setup["env"])
     assert run.returncode != 0, run.stdout
     server = fleet.host("backup").address
-    # borg alone says "Connection closed by remote host"; ssh's own message names the user, host and refusal
-    assert re.search(rf"\[host01\] .*job system: borg prune failed: .*; ssh: borg@{re.escape(server)}: "
+    # borg alone says "Connection closed by remote host"; ssh's own message names the user, host and refusal.
+    # The prune's first step, the operator's listing for the archive ledger, is where it shows.
+    assert re.search(rf"\[host01\] .*job system: cannot read repo with the operator's key: .*; ssh: borg@{re.escape(server)}: "
                      r"Permission denied \(publickey\)", run.stdout), run.stdout
+    assert "backup key" not in run.stdout, run.stdout  # it is the operator's key, not the host's, that was refused
     assert (f"borg prune runs on the operator's machine with key {wrong} (borgbackup.operatorIdentity); "
             "the server must list its public key in borgbackup.operatorKeys") in run.stdout, run.stdout
