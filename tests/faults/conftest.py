@@ -62,10 +62,11 @@ class Faults:
         data = {name: self.client_data(name) for name in CLIENTS} | {SERVER: self.server_data} | overrides
         return self.fleet.write_inventory(self.tmp / filename, data, {"clients": CLIENTS, "servers": [SERVER]})
 
-    def pyinfra(self, *args: str, inventory: Path | None = None, **kwargs) -> subprocess.CompletedProcess:
-        """A pyinfra run of the suite (argv of every process sampled meanwhile)."""
+    def pyinfra(self, *args: str, inventory: Path | None = None, env: dict | None = None,
+                **kwargs) -> subprocess.CompletedProcess:
+        """A pyinfra run of the suite (argv of every process sampled meanwhile); `env` on top of the suite's."""
         with self.argv_samples.sampling():
-            run = pyinfra(inventory or self.inventory, *args, env=self.env, **kwargs)
+            run = pyinfra(inventory or self.inventory, *args, env={**self.env, **(env or {})}, **kwargs)
         self.outputs.append(run.stdout)
         return run
 

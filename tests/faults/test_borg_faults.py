@@ -1,6 +1,8 @@
-"""Faults of a backup run on real fleet hosts (issue 8, scenarios 1-5, 9-14), in file order on one setup.
+"""Faults of a backup run on real fleet hosts (issue 8, scenarios 1-5, 9-14; issue 15, scenarios 15-17), in
+file order on one setup.
 
-Each scenario breaks something real (a link, a borg process, a filesystem, a segment, a host key),
+Each scenario breaks something real (a link, a borg process, a filesystem, a segment, a host key, the
+operator's shell, the operator's connection to the repo server, a restore's stream),
 runs what a user runs, asserts what the user sees, repairs, and ends with `Ledger.assert_kept`:
 `borg check` clean on every repo involved, no archive, file or secret lost, no lock left.
 """
@@ -8,20 +10,22 @@ runs what a user runs, asserts what the user sees, repairs, and ends with `Ledge
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
 import threading
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 
-from pyinfra_backup.borg import borg_env, create_argv
+from pyinfra_backup.borg import OPERATOR_BASE_DIR_VAR, borg_env, create_argv
 from pyinfra_backup.enrollment import Server, plan_jobs
 from pyinfra_backup.shell import with_env
-from tests.faults.conftest import CLIENTS, SERVER, job, wait_for
-from tests.integration.helpers import PROJECT, in_host
+from tests.faults.conftest import CLIENTS, SERVER, _each, job, wait_for
+from tests.integration.helpers import PROJECT, in_host, tree
 
 pytestmark = pytest.mark.fleet
 
@@ -538,6 +542,146 @@ def test_14_an_append_only_delete_stops_maintenance_until_rollback_and_acknowled
     after = faults.backup("--limit", client, "--data", "backup_force=true", inventory=inventory)
     assert after.returncode == 0, after.stdout
     assert len(faults.archives(client)) == len(real) + 1
+    kept.assert_kept()
+
+
+# --- 15: the operator's shell has borg variables of its own -------------------------------------------
+
+# An operator whose shell is set up for borg of its own: every one of these would break (or redirect)
+# the operator-side borg of the run if it were inherited.
+SHELL_BORG = {"BORG_PASSPHRASE": "wrong", "BORG_PASSCOMMAND": "echo wrong", "BORG_REPO": "/nonexistent/repo",
+              "BORG_RSH": "false", "BORG_KEY_FILE": "/nonexistent/key"}
+
+
+def test_15_operator_side_prune_and_a_relayed_restore_ignore_the_borg_variables_of_the_operators_shell(faults):
+    fleet, client = faults.fleet, "host01"
+    kept = faults.ledger(client)
+    # A job of its own that prunes (keep.daily=1), in the client's repo: its prune removes only its own archives.
+    pruned = faults.write_inventory("inventory-pruned.py", host01=faults.client_data(
+        client, {**faults.jobs[client], "pruned": job(prune={"keep": {"daily": 1}})}))
+    first = faults.backup("--limit", client, "--data", "backup_force=true", inventory=pruned)
+    assert first.returncode == 0, first.stdout
+
+    def archives() -> list[str]:
+        listing = faults.borg(client, "list", "--json", "--glob-archives", f"{client}-pruned-2*", "{repo}")
+        return [archive["name"] for archive in json.loads(listing.stdout)["archives"]]
+
+    # The run's environment with the operator's own BORG_* (BORG_BASE_DIR too: not the run's, which
+    # PYINFRA_BACKUP_BORG_BASE_DIR names).
+    shell_base = faults.tmp / "shell-borg-base"
+    shell = {OPERATOR_BASE_DIR_VAR: faults.env["BORG_BASE_DIR"], **SHELL_BORG, "BORG_BASE_DIR": str(shell_base)}
+    before = archives()
+    time.sleep(1)  # archive names have second resolution
+    run = faults.backup("--limit", client, "--data", "backup_force=true", inventory=pruned, env=shell)
+    assert run.returncode == 0, run.stdout
+    after = archives()
+    assert len(after) == 1 and after != before, run.stdout  # keep.daily=1: the older archive was pruned, operator-side
+    assert not shell_base.exists()
+
+    try:
+        restore = faults.pyinfra("tasks.relay.restore", "job=system", "target=/srv/restore", "--limit", client, env=shell)
+        assert restore.returncode == 0, restore.stdout
+        assert tree(fleet, client, "/srv/restore/srv/data") == tree(fleet, client, "/srv/data")
+        assert not shell_base.exists()
+    finally:
+        fleet.run(client, "rm -rf /srv/restore")
+    kept.assert_kept()  # borg check clean (after the forced prune and compact), no archive of before lost
+
+
+# --- 16: a repo server reached without strict host key checking ---------------------------------------
+
+
+def unstrict_inventory(faults, filename: str, server_connection: dict) -> Path:
+    """The suite's inventory with the repo server's SSH connection data replaced (the clients' stay strict)."""
+    fleet = faults.fleet
+    entries = [*((name, {**fleet.connection_data(name), **faults.client_data(name)}) for name in CLIENTS),
+               (SERVER, {**server_connection, **faults.server_data})]
+    path = faults.tmp / filename
+    path.write_text("hosts = [\n" + "".join(f"    {entry!r},\n" for entry in entries) + "]\n\n"
+                    f"clients = {CLIENTS!r}\n\nservers = {[SERVER]!r}\n")
+    return path
+
+
+def test_16_a_repo_server_reached_without_strict_host_key_checking_is_refused_before_anything_changes(faults):
+    fleet, hosts = faults.fleet, [*CLIENTS, SERVER]
+    kept = faults.ledger(*CLIENTS)
+    served = fleet.run(SERVER, "for key in /etc/ssh/ssh_host_*_key.pub; do ssh-keygen -lf $key; done").stdout.split("\n")
+    for setting in ("unset", "accept-new", "no", "off"):
+        connection = {key: value for key, value in fleet.connection_data(SERVER).items()
+                      if key != "ssh_strict_host_key_checking"}
+        if setting != "unset":
+            connection["ssh_strict_host_key_checking"] = setting
+        if setting == "accept-new":  # a file without the server's key: pyinfra's connection adds whatever answers
+            unpinned = faults.tmp / "known_hosts.unpinned"
+            key = fleet.host_key(SERVER)
+            unpinned.write_text("".join(line + "\n" for line in fleet.known_hosts_path.read_text().splitlines()
+                                        if key not in line))
+            connection["ssh_known_hosts_file"] = str(unpinned)
+        inventory = unstrict_inventory(faults, f"inventory-unstrict-{setting}.py", connection)
+        names = dict(zip(CLIENTS, _each(faults.archives, CLIENTS)))  # (the operator's borg: execs on the server, before the count)
+        before = {name: fleet.exec_count(name) for name in hosts}
+        run = faults.backup("--data", "backup_force=true", inventory=inventory)
+        assert run.returncode != 0, (setting, run.stdout)
+        assert f'{SERVER}: ssh_strict_host_key_checking: expected "yes" for a repo server' in run.stdout, (setting, run.stdout)
+        assert ("unset (pyinfra's default: accept-new" in run.stdout) == (setting == "unset"), (setting, run.stdout)
+        for line in filter(None, served):  # the fingerprint of every key the server has, as ssh-keyscan saw it here
+            bits, fingerprint, *_ = line.split()
+            assert f"ssh-keyscan -p {fleet.host(SERVER).ssh_port} {fleet.host(SERVER).address}: {bits} {fingerprint} " in run.stdout, (
+                setting, line, run.stdout)
+        assert {name: fleet.exec_count(name) for name in hosts} == before, setting  # no remote command, anywhere
+        assert dict(zip(CLIENTS, _each(faults.archives, CLIENTS))) == names, setting  # no archive, none gone
+    kept.assert_kept()
+
+
+# --- 17: a relayed restore whose stream is cut ---------------------------------------------------------
+
+# The operator's borg as a wrapper: `export-tar` emits every member of the real stream before the last
+# regular file's header (a cut at a file boundary: GNU tar exits 0 on it) and exits 2; the rest is borg.
+CUT_BORG = r"""#!/usr/bin/python3
+import io, os, subprocess, sys, tarfile
+argv = ["/usr/bin/borg", *sys.argv[1:]]
+if "export-tar" not in argv:
+    os.execv(argv[0], argv)
+fd = int(os.environ["BORG_PASSPHRASE_FD"])
+whole = subprocess.run(argv, stdout=subprocess.PIPE, pass_fds=(fd,), check=True).stdout
+with tarfile.open(fileobj=io.BytesIO(whole)) as tar:
+    last = [member for member in tar.getmembers() if member.isfile()][-1]
+sys.stdout.buffer.write(whole[:last.offset])
+sys.stdout.flush()
+sys.stderr.write("Connection closed by remote host\n")
+sys.exit(2)
+"""
+# What a relayed restore may change on the host: the target, markers, kept files, stages.
+RESTORE_STATE = ("cd /srv/cut && find . -printf '%p %s %m\\n' | sort && cat srv/data/hello.txt; "
+                 "ls -A /var/lib/pyinfra-backup/restores /var/lib/pyinfra-backup/replaced /var/lib/pyinfra-backup/relay "
+                 "2>&1")
+
+
+def test_17_a_relayed_restore_cut_mid_stream_changes_nothing_in_place_and_the_next_run_restores_fully(faults):
+    fleet, client = faults.fleet, "host01"  # scenario 15's client: its relay directory is there since that restore
+    kept = faults.ledger(client)
+    wrapper = faults.tmp / "cut-borg"  # on PATH for the cut run only: every other run has the real borg
+    wrapper.mkdir()
+    (wrapper / "borg").write_text(CUT_BORG)
+    (wrapper / "borg").chmod(0o755)
+    restore = ("tasks.relay.restore", "job=system", "target=/srv/cut", "overwrite=true", "--limit", client)
+    try:
+        fleet.run(client, "rm -rf /srv/cut && mkdir -p /srv/cut/srv/data && echo live > /srv/cut/srv/data/hello.txt")
+        before = fleet.run(client, RESTORE_STATE, check=False).stdout
+        cut = faults.pyinfra(*restore, env={"PATH": f"{wrapper}:{os.environ['PATH']}"})
+        assert cut.returncode != 0
+        assert fleet.run(client, RESTORE_STATE, check=False).stdout == before  # no file, no marker, no stage left
+        assert "failed on the operator's machine: Connection closed by remote host; nothing in place changed" in cut.stdout, cut.stdout
+
+        full = faults.pyinfra(*restore)
+        assert full.returncode == 0, full.stdout
+        assert "replaced /srv/cut/srv/data/hello.txt" in full.stdout and "on both ends" in full.stdout, full.stdout
+        assert tree(fleet, client, "/srv/cut/srv/data") == tree(fleet, client, "/srv/data")
+        again = faults.pyinfra(*restore, "-v")
+        assert again.returncode == 0 and "already restored" in again.stdout, again.stdout
+        assert fleet.run(client, "ls -A /var/lib/pyinfra-backup/relay").stdout == ""
+    finally:
+        fleet.run(client, "rm -rf /srv/cut")
     kept.assert_kept()
 
 
