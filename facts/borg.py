@@ -23,7 +23,7 @@ from pyinfra.context import ctx_host, ctx_state
 from pyinfra.api import FactBase
 
 from pyinfra_backup.borg import (
-    BACKUP_KEY, KNOWN_HOSTS, STATE_DIR, RepoListing, borg_env, list_argv, parse_list,
+    BACKUP_KEY, KNOWN_HOSTS, STATE_DIR, Archive, RepoListing, borg_env, list_argv, parse_list,
 )
 from pyinfra_backup import ledger_store
 from pyinfra_backup.enrollment import PlannedJob, Server, plan_jobs, repo_accounts, server_repos
@@ -165,6 +165,8 @@ def freshness(planned: PlannedJob, state: ClientState, listing: RepoListing, now
     archives = listing.job_archives(job.base_name(state.hostname)) if listing.exists else []
     last = archives[-1] if archives else None
     error, check = listing.error, state.records[job.name].check
+    if error and last is None and state.records[job.name].last_archive:  # unreadable: the host's last known one
+        last = Archive(*state.records[job.name].last_archive, "")
     if not error and check and not check.ok:
         error = f"the last borg check failed (exit status {check.rc}, {check.time:%Y-%m-%d %H:%M} UTC)"
     if tampered:

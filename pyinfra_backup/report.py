@@ -19,9 +19,10 @@ errors follow the table, then a one-line summary.
                                    age_seconds, due, status, error[, original_size,
                                    deduplicated_size]>}}}}
 
-Exit status: 0 when every host was read and no job is stale, in error or tampered ("due" and "missing" are
-not failures: a job waiting for its next run, a job that never ran); 1 otherwise; 2 when the
-inventory cannot be loaded or the arguments are wrong.
+Exit status: 0 when the inventory is valid (as every deploy checks it), has at least one job, every host was
+read and every job is fresh; 1 otherwise (`--tolerate due,missing` accepts those statuses too: a job waiting for
+its next run, a job that never ran); 2 when the inventory cannot be loaded or the arguments are wrong. A cron job
+watching the report never stays green while nothing is backed up.
 """
 
 from __future__ import annotations
@@ -75,12 +76,14 @@ def format_size(entry: Mapping) -> str:
     return f"{format_bytes(original)} / {format_bytes(dedup)}"
 
 
-def is_ok(report: Mapping) -> bool:
-    """Every host read, no job stale, in error or tampered."""
-    return all(
+def is_ok(report: Mapping, tolerated: frozenset[str] = frozenset()) -> bool:
+    """Valid data, at least one job, every host read, every job fresh (or of a `tolerated` status)."""
+    accepted = {"fresh"} | (tolerated - FAILING)
+    hosts = report["hosts"].values()
+    return not report.get("invalid") and any(host["jobs"] for host in hosts) and all(
         host["reachable"] and host.get("error") is None
-        and not any(job.get("status") in FAILING for job in host["jobs"].values())
-        for host in report["hosts"].values()
+        and all(job.get("status") in accepted for job in host["jobs"].values())
+        for host in hosts
     )
 
 
@@ -113,7 +116,11 @@ def render_table(report: Mapping) -> str:
         f"{counts[s]} {s}" for s in STATUSES if counts[s] or s != "tampered")  # tampered: named when it occurs
     if unread:
         summary += f"; {unread} hosts not read"
-    summary += ": OK" if is_ok(report) else ": NOT OK"
+    if not any(host["jobs"] for host in report["hosts"].values()):
+        notes.append("no backup job in the inventory: nothing is backed up")
+    if report.get("invalid"):
+        notes.insert(0, report["invalid"])
+    summary += ": OK" if report.get("ok", is_ok(report)) else ": NOT OK"
     return "\n".join([*lines, *([""] + notes if notes else []), "", summary]) + "\n"
 
 
@@ -165,11 +172,19 @@ def load_state(inventory: str):
     return state
 
 
-def collect(inventory: str) -> dict:
-    """Read every host of `inventory` (a path or anything `pyinfra INVENTORY` accepts): the report dict."""
+def collect(inventory: str, tolerated: frozenset[str] = frozenset()) -> dict:
+    """Read every host of `inventory` (a path or anything `pyinfra INVENTORY` accepts): the report dict.
+    Invalid host data (what every deploy refuses) is read all the same, and named under `invalid`."""
     import gevent
 
+    from pyinfra_backup.validate import InvalidHostData, require_valid_inventory
+
     state = load_state(inventory)
+    try:
+        require_valid_inventory(state)
+        invalid = None
+    except InvalidHostData as error:
+        invalid = str(error)
     loaded = state.inventory
     hosts = list(loaded)
     greenlets = [state.pool.spawn(_read_host, state, host) for host in hosts]
@@ -181,20 +196,27 @@ def collect(inventory: str) -> dict:
                 host.disconnect()
             except Exception:  # noqa: BLE001, S110 - closing is best effort
                 pass
-    return {"ok": is_ok({"hosts": by_host}), "hosts": by_host}
+    report = {"hosts": by_host, **({"invalid": invalid} if invalid else {})}
+    return {"ok": is_ok(report, tolerated), **report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pyinfra_backup.report",
         description="Freshness of every backup job of every host (one remote command per host).",
-        epilog="Exit status: 0 all fine; 1 a job stale, in error or tampered, or a host unreachable; 2 bad usage.",
+        epilog="Exit status: 0 all fine; 1 invalid host data, no job at all, a job not fresh (see --tolerate) or a "
+               "host unreachable; 2 bad usage.",
     )
     parser.add_argument("inventory", help="pyinfra inventory (file, host list or module), as for `pyinfra INVENTORY`")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--tolerate", default="", metavar="STATUS[,STATUS]",
+                        help="statuses that do not fail the report besides fresh: due, missing")
     args = parser.parse_args(argv)
+    tolerated = frozenset(filter(None, args.tolerate.split(",")))
+    if not tolerated <= {"due", "missing"}:
+        parser.error(f"--tolerate takes due and/or missing, got {args.tolerate!r}")
     try:
-        report = collect(args.inventory)
+        report = collect(args.inventory, tolerated)
     except Exception as e:  # noqa: BLE001 - a bad inventory is a usage error, said in one line
         print(f"report: cannot load inventory {args.inventory}: {type(e).__name__}: {e}", file=sys.stderr)
         return 2

@@ -246,6 +246,7 @@ def test_failures_stay_with_their_host_and_say_why(setup):
     try:
         time.sleep(1.5)
         run = pyinfra(setup["inventory"], "deploys/backup.py", "--data", "backup_force=true", env=setup["env"])
+        unreadable = pyinfra(setup["inventory"], "fact", "facts.borg.BackupFreshness", "--limit", "host02", yes=False)
     finally:
         locker.kill()
         locker.wait()
@@ -255,6 +256,9 @@ def test_failures_stay_with_their_host_and_say_why(setup):
     assert run.returncode != 0
     out = run.stdout
     assert re.search(r"\[host02\].*wrong passphrase", out), out
+    entry = json.loads(unreadable.stdout[unreadable.stdout.index("{"):unreadable.stdout.rindex("}") + 1])["host02"]["system"]
+    assert entry["status"] == "error" and "wrong passphrase" in entry["error"], entry
+    assert entry["last_archive"].startswith("host02-system-") and entry["age_seconds"] >= 0, entry  # the last known one
     assert re.search(r"\[host03\].*unreachable", out), out
     assert re.search(r"\[host04\].*locked by a live borg process", out), out
     assert len(archives(setup, "host01")) == 1  # host01 went on: a new archive, the older one pruned

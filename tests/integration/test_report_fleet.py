@@ -158,7 +158,11 @@ def runs(setup):
     ghost = {**setup["fleet"].connection_data("host01"), "ssh_hostname": "127.0.0.1", "ssh_port": port}
     started = {
         "table": start_report(setup["inventory"]),
-        "ok": start_report(write_inventory(setup, "ok.py", ["host01", "host02"]), "--json"),
+        "ok": start_report(write_inventory(setup, "ok.py", ["host01", "host02"]), "--json", "--tolerate", "due,missing"),
+        "strict": start_report(write_inventory(setup, "strict.py", ["host01", "host02"]), "--json"),
+        "no jobs": start_report(write_inventory(setup, "no-jobs.py", ["backup"])),
+        "invalid": start_report(write_inventory(setup, "invalid.py", ["host05"], [
+            ("typo", {**setup["fleet"].connection_data("host05"), "borg_backup": {"jobs": {}}})])),
         "ghost": start_report(write_inventory(setup, "ghost.py", ["host05"], [("ghost", ghost)]), "--json"),
     }
     return {name: finish(process) for name, process in started.items()}
@@ -180,10 +184,23 @@ def test_table_has_a_row_per_host_and_job(runs):
     assert lines[-1] == "6 hosts, 6 jobs: 2 fresh, 1 due, 1 stale, 1 missing, 1 error: NOT OK"
 
 
-def test_exit_zero_when_nothing_is_stale_or_in_error_missing_and_due_included(runs):
-    run = runs["ok"]
+def test_exit_zero_only_when_every_job_is_fresh_or_of_a_tolerated_status(runs):
+    run = runs["ok"]  # host01: fresh + missing, host02: due
     assert run.returncode == 0, run.stdout + run.stderr
     assert json.loads(run.stdout)["ok"] is True
+    strict = runs["strict"]  # the same fleet without --tolerate: a due and a missing job fail it
+    assert strict.returncode == 1 and json.loads(strict.stdout)["ok"] is False, strict.stdout + strict.stderr
+
+
+def test_a_fleet_with_no_job_or_with_data_the_deploys_refuse_fails_the_report(runs):
+    """Once `0 jobs ... OK`, exit 0, for an inventory every deploy refused (`borgbackup` misspelt)."""
+    none = runs["no jobs"]
+    assert none.returncode == 1 and "no backup job in the inventory: nothing is backed up" in none.stdout, none.stdout
+    assert none.stdout.splitlines()[-1].endswith(": NOT OK")
+    invalid = runs["invalid"]
+    assert invalid.returncode == 1, invalid.stdout + invalid.stderr
+    assert "invalid host data" in invalid.stdout and "typo: borg_backup: " in invalid.stdout, invalid.stdout
+    assert "did you mean borgbackup?" in invalid.stdout, invalid.stdout
 
 
 def test_an_unreachable_host_is_listed_and_fails_the_report(runs):
