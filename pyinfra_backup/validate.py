@@ -466,6 +466,34 @@ def untrusted_repo_servers(inventory) -> list[str]:
     return out
 
 
+def missing_operator_identities(inventory) -> list[str]:
+    """A problem for every job whose prune runs on this machine (a `prune.keep` job on a repo server of the
+    inventory) with a `borgbackup.operatorIdentity` this machine cannot read: said before any host changes,
+    not days later when prune first has something to delete."""
+    from pyinfra_backup.enrollment import repo_host
+
+    data = {host.name: host.data.dict() for host in inventory}
+    servers = {}
+    for name, values in data.items():
+        borg = values.get("borgbackup") if isinstance(values.get("borgbackup"), Mapping) else {}
+        if isinstance(borg.get("repos"), Mapping):
+            servers[name] = servers[str(values.get("ssh_hostname") or name)] = name
+    out = []
+    for name, values in data.items():
+        borg = values.get("borgbackup") if isinstance(values.get("borgbackup"), Mapping) else {}
+        identity = os.path.expanduser(str(borg.get("operatorIdentity") or "~/.ssh/id_ed25519"))
+        jobs = borg.get("jobs") if isinstance(borg.get("jobs"), Mapping) else {}
+        for job, spec in sorted(jobs.items()):
+            keep = (spec.get("prune") or {}).get("keep") if isinstance(spec, Mapping) else None
+            server = servers.get(repo_host(spec["repo"])) if keep and isinstance(spec.get("repo"), str) else None
+            if server and server != name and not os.access(identity, os.R_OK):
+                why = "no such file" if not os.path.exists(identity) else "not readable here"
+                out.append(f"{name}: borgbackup.operatorIdentity: prune of job {job} runs on this machine with {identity}: "
+                           f"{why} (expected the operator's private key, its public key in {server}'s "
+                           "borgbackup.operatorKeys)")
+    return out
+
+
 # --- inventories found valid before -----------------------------------------------------------------
 # A run whose host data, schema and validation code are exactly those of an earlier valid run skips the
 # validation (and the import of jsonschema, ~60 ms): a marker file named by the digest of all of them.
@@ -531,7 +559,7 @@ def require_valid_inventory(state=None) -> None:
             errors = inventory_errors(state.inventory)
             if not errors:
                 _remember_valid(digest)
-        errors = errors + untrusted_repo_servers(state.inventory)
+        errors = errors + untrusted_repo_servers(state.inventory) + missing_operator_identities(state.inventory)
         setattr(state, _MEMO, errors)
     if errors:
         source = _inventory_source() if under_cli else None

@@ -613,3 +613,27 @@ def test_require_valid_inventory_refuses_a_repo_server_without_strict_checking_n
     assert lines[1].startswith("backup: ssh_strict_host_key_checking: expected \"yes\"")
     assert lines[2:] == [f"    ssh-keyscan -p {port} 127.0.0.1: no host key (nothing answered from here)"]
     require_valid_inventory(_State(Inventory(([("host01", SEED), ("backup", strict), ("@local", local)], {}))))
+
+
+def test_an_operator_identity_this_machine_cannot_read_is_refused_before_any_host_changes(tmp_path):
+    """Once found only when prune first had something to delete, as 'Connection closed by remote host'."""
+    from pyinfra.api import Inventory
+
+    from pyinfra_backup.validate import missing_operator_identities
+
+    key = tmp_path / "operator_ed25519"
+    job = {"paths": ["/etc"], "repo": "borg@backup:.", "prune": {"keep": {"daily": 7}},
+           "encryption": {"mode": "repokey-blake2", "passCommand": "cat /run/pass"}}
+    server = ("backup", {"borgbackup": {"repos": {}}})
+
+    def problems(identity, keep=True):
+        spec = job if keep else {k: v for k, v in job.items() if k != "prune"}
+        client = ("host01", {"borgbackup": {"jobs": {"system": spec}, "operatorIdentity": str(identity)}})
+        return missing_operator_identities(Inventory(([client, server], {})))
+
+    assert problems(key) == [
+        f"host01: borgbackup.operatorIdentity: prune of job system runs on this machine with {key}: no such file "
+        "(expected the operator's private key, its public key in backup's borgbackup.operatorKeys)"]
+    assert problems(key, keep=False) == []  # nothing runs with it
+    key.write_text("a key\n")
+    assert problems(key) == []
