@@ -26,6 +26,13 @@ from collections.abc import Mapping
 from pyinfra_backup.borg import BACKUP_KEY, KNOWN_HOSTS, SERVER_ALIVE_INTERVAL, Job, Location, ssh_rsh
 
 REPO_BASE = "/var/lib/borgbackup"
+OPERATOR_IDENTITY = "~/.ssh/id_ed25519"  # `borgbackup.operatorIdentity` unless the host's data says otherwise
+
+
+def operator_identity(data: Mapping) -> str:
+    """The private key (on the operator's machine) with which operator-side borg reaches this host's fleet repos."""
+    borg = data.get("borgbackup") if isinstance(data.get("borgbackup"), Mapping) else {}
+    return str(borg.get("operatorIdentity") or OPERATOR_IDENTITY)
 SSH_URL = re.compile(r"^ssh://(?:(?P<user>[^@/]+)@)?(?P<host>\[[^\]]+\]|[^:/]+)(?::(?P<port>\d+))?(?P<path>/.*)$")
 SCP_URL = re.compile(r"^(?:(?P<user>[^@/:]+)@)?(?P<host>\[[^\]]+\]|[^:/]+):(?P<path>.*)$")
 

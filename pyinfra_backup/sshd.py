@@ -56,8 +56,8 @@ def install_command(path: str, content: str, reload: bool) -> str:
     the sshd of PIDFILE so that new sessions get it (running ones are left alone)."""
     q = shlex.quote
     lines = [
-        f"_p={q(path)}; _t=$(mktemp {q(path)}.XXXXXX) || exit 1",  # not *.conf: no Include reads it
-        f"mkdir -p {q(DROPIN_DIR)} && printf '%s' {q(content)} > \"$_t\" && chmod 0644 \"$_t\" || {{ rm -f \"$_t\"; exit 1; }}",
+        f"_p={q(path)}; mkdir -p {q(DROPIN_DIR)} && _t=$(mktemp {q(path)}.XXXXXX) || exit 1",  # not *.conf: no Include reads it
+        f"printf '%s' {q(content)} > \"$_t\" && chmod 0644 \"$_t\" || {{ rm -f \"$_t\"; exit 1; }}",
         '_old=; if [ -e "$_p" ]; then _old=$(mktemp "$_p.old.XXXXXX") && cp -p "$_p" "$_old" || exit 1; fi',
         'mv -f "$_t" "$_p" || exit 1',
         '_sshd=$(command -v sshd || echo /usr/sbin/sshd)',

@@ -385,23 +385,17 @@ def _repo_host_errors(data: Mapping[str, Mapping]) -> list[str]:
     leave the job out of that server's keys (and revoke them). A repo on a host outside the inventory stays allowed."""
     from pyinfra_backup.enrollment import repo_host
 
-    def borg(values):
-        return values.get("borgbackup") if isinstance(values.get("borgbackup"), Mapping) else {}
-
     known = set(data) | {str(values["ssh_hostname"]) for values in data.values() if values.get("ssh_hostname")}
-    servers = [name for name, values in data.items() if isinstance(borg(values).get("repos"), Mapping)]
-    names = servers + [str(data[name]["ssh_hostname"]) for name in servers if data[name].get("ssh_hostname")]
+    names = [n for server in _repo_servers(data).values() for n in dict.fromkeys((server.name, server.address))]
     out = []
     for name, values in data.items():
-        jobs = borg(values).get("jobs")
-        for job, spec in sorted(jobs.items()) if isinstance(jobs, Mapping) else ():
-            repo = spec.get("repo") if isinstance(spec, Mapping) else None
-            where = repo_host(repo) if isinstance(repo, str) else None
+        for job, spec in _jobs(values):
+            where = repo_host(spec["repo"]) if isinstance(spec.get("repo"), str) else None
             close = difflib.get_close_matches(where, names, n=1, cutoff=0.8) if where and where not in known else []
             if close:
                 out.append(f"{name}: {_dotted(['borgbackup', 'jobs', job, 'repo'])}: expected a host of the inventory "
-                           f"or one outside it, got {_show(repo)}: {where} is no host of the inventory, did you mean "
-                           f"{close[0]}?")
+                           f"or one outside it, got {_show(spec['repo'])}: {where} is no host of the inventory, did you "
+                           f"mean {close[0]}?")
     return out
 
 
@@ -470,28 +464,37 @@ def missing_operator_identities(inventory) -> list[str]:
     """A problem for every job whose prune runs on this machine (a `prune.keep` job on a repo server of the
     inventory) with a `borgbackup.operatorIdentity` this machine cannot read: said before any host changes,
     not days later when prune first has something to delete."""
-    from pyinfra_backup.enrollment import repo_host
+    from pyinfra_backup.enrollment import find_server, operator_identity
 
     data = {host.name: host.data.dict() for host in inventory}
-    servers = {}
-    for name, values in data.items():
-        borg = values.get("borgbackup") if isinstance(values.get("borgbackup"), Mapping) else {}
-        if isinstance(borg.get("repos"), Mapping):
-            servers[name] = servers[str(values.get("ssh_hostname") or name)] = name
+    servers = _repo_servers(data)
     out = []
     for name, values in data.items():
-        borg = values.get("borgbackup") if isinstance(values.get("borgbackup"), Mapping) else {}
-        identity = os.path.expanduser(str(borg.get("operatorIdentity") or "~/.ssh/id_ed25519"))
-        jobs = borg.get("jobs") if isinstance(borg.get("jobs"), Mapping) else {}
-        for job, spec in sorted(jobs.items()):
-            keep = (spec.get("prune") or {}).get("keep") if isinstance(spec, Mapping) else None
-            server = servers.get(repo_host(spec["repo"])) if keep and isinstance(spec.get("repo"), str) else None
-            if server and server != name and not os.access(identity, os.R_OK):
+        identity = os.path.expanduser(operator_identity(values))
+        for job, spec in _jobs(values):
+            keep = (spec.get("prune") or {}).get("keep") if isinstance(spec.get("prune"), Mapping) else None
+            server = find_server(spec["repo"], servers) if keep and isinstance(spec.get("repo"), str) else None
+            if server and server.name != name and not os.access(identity, os.R_OK):
                 why = "no such file" if not os.path.exists(identity) else "not readable here"
                 out.append(f"{name}: borgbackup.operatorIdentity: prune of job {job} runs on this machine with {identity}: "
-                           f"{why} (expected the operator's private key, its public key in {server}'s "
+                           f"{why} (expected the operator's private key, its public key in {server.name}'s "
                            "borgbackup.operatorKeys)")
     return out
+
+
+def _repo_servers(data: Mapping[str, Mapping]) -> dict:
+    """The inventory's repo servers (hosts with a `borgbackup.repos` mapping), as enrollment sees them."""
+    from pyinfra_backup.enrollment import Server
+
+    return {name: Server.from_data(name, values) for name, values in data.items()
+            if isinstance(values.get("borgbackup"), Mapping) and isinstance(values["borgbackup"].get("repos"), Mapping)}
+
+
+def _jobs(values: Mapping) -> list[tuple[str, Mapping]]:
+    """A host's jobs that are mappings, by name (malformed ones are the schema's to report)."""
+    borg = values.get("borgbackup") if isinstance(values.get("borgbackup"), Mapping) else {}
+    jobs = borg.get("jobs") if isinstance(borg.get("jobs"), Mapping) else {}
+    return [(job, spec) for job, spec in sorted(jobs.items()) if isinstance(spec, Mapping)]
 
 
 # --- inventories found valid before -----------------------------------------------------------------

@@ -24,7 +24,7 @@ from pyinfra import inventory
 from pyinfra.api import StringCommand
 
 from pyinfra_backup.borg import Location, RepoListing, borg_env, list_argv, operator_env, parse_list
-from pyinfra_backup.enrollment import PlannedJob, alive_interval, operator_location
+from pyinfra_backup.enrollment import PlannedJob, alive_interval, operator_identity, operator_location
 
 
 class OperatorError(Exception):
@@ -37,7 +37,7 @@ def location(host, planned: PlannedJob) -> Location:
     server_host = inventory.get_host(planned.server.name)
     data = host.data.dict()
     return operator_location(
-        planned.server, host.name, (data.get("borgbackup") or {}).get("operatorIdentity", "~/.ssh/id_ed25519"),
+        planned.server, host.name, operator_identity(data),
         server_host.data.get("ssh_known_hosts_file") or "~/.ssh/known_hosts", alive_interval(data),
     )
 
