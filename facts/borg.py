@@ -404,6 +404,11 @@ class RestoreTarget(FactBase):
     Example: `host.get_fact(RestoreTarget, path="/srv/restore")` -> RestoreTargetState(entries=0, ...)."""
 
     @staticmethod
+    def key(target: str, paths: tuple[str, ...] = ()) -> str:
+        """What a restore's marker is kept by: the target, and the archive paths when only some are restored."""
+        return "\0".join((target, *paths))
+
+    @staticmethod
     def marker(path: str) -> str:
         return f"{STATE_DIR}/restores/{hashlib.sha256(path.encode()).hexdigest()[:16]}"
 

@@ -243,6 +243,20 @@ def check_argv(job: Job, url: str, lock_wait: int | None = None) -> list[str]:
     return [*_borg(job, "check", lock_wait), *(["--verify-data"] if job.verify_data else []), url]
 
 
+def archive_paths(paths: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    """Paths inside an archive, as a restore names them: a list, or one string of comma-separated
+    paths (pyinfra's command line gives `paths=/etc/motd,/etc/hosts` as one string); borg stores them
+    without the leading `/`, so `/etc/motd` and `etc/motd` are the same path.
+
+    >>> archive_paths("/etc/motd, etc/hosts")
+    ('etc/motd', 'etc/hosts')
+    """
+    if paths is None:
+        return ()
+    items = paths.split(",") if isinstance(paths, str) else paths
+    return tuple(dict.fromkeys(str(p).strip().lstrip("/") for p in items if str(p).strip().lstrip("/")))
+
+
 def extract_argv(job: Job, url: str, archive: str, paths: tuple[str, ...] = (), options: tuple[str, ...] = ()) -> list[str]:
     """Run inside the target directory: borg extracts relative to the working directory.
     `options`: e.g. ("--stdout",) or ("--strip-components", "3")."""

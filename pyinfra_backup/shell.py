@@ -143,3 +143,19 @@ def atomic_write(path: str, content: str, mode: str = "0644", owner: str | None 
         steps.append(f"chown {shlex.quote(owner)} \"$_t\"")
     steps += [f"sync \"$_t\"", f"mv -f \"$_t\" {shlex.quote(path)}"]
     return " && ".join(steps)
+
+
+def new_secret_file(path: str, nbytes: int = 32) -> str:
+    """A command that makes `path` (mode 0600, its directory 0700 when new) holding `nbytes` random bytes
+    as base64, made on the host from its own /dev/urandom (the secret never travels), unless `path`
+    already exists: a hard link never replaces a file, so two runs at once keep the first one's.
+
+    >>> new_secret_file("/var/lib/p").split(" && ")[0]
+    'umask 077'
+    """
+    directory = shlex.quote(path.rsplit("/", 1)[0] or "/")
+    return " && ".join([
+        "umask 077", f"mkdir -p {directory}", f"_t=$(mktemp {shlex.quote(path)}.XXXXXX)",
+        f"head -c {int(nbytes)} /dev/urandom | base64 -w0 > \"$_t\"", "echo >> \"$_t\"", "sync \"$_t\"",
+        f"{{ ln \"$_t\" {shlex.quote(path)}; _rc=$?; rm -f \"$_t\"; [ $_rc -eq 0 ] || [ -s {shlex.quote(path)} ]; }}",
+    ])

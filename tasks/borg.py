@@ -29,7 +29,7 @@ from tasks import operator
 from tasks.common import HostError, explained, host_operation
 from pyinfra_backup.borg import (
     BACKUP_KEY, KNOWN_HOSTS, check_argv, compact_argv, create_argv,
-    extract_argv, borg_env, explain_errors, init_argv, parse_interval, prune_argv,
+    archive_paths, extract_argv, borg_env, explain_errors, init_argv, parse_interval, prune_argv,
 )
 from pyinfra_backup import ledger, ledger_store
 from pyinfra_backup.dumps import DataSpec, create_script
@@ -648,15 +648,23 @@ def archive_to_restore(job: str, archive: str = "latest"):
 @host_operation
 def restore(job: str, target: str, archive: str = "latest", overwrite: bool = False, paths: list[str] | None = None):
     """Extract an archive of the job (default: its latest) into `target`, with owners and modes.
-    Refuses a non-empty target unless `overwrite=True`. Restoring the same archive into the
-    same target again changes nothing.
+    Refuses a non-empty target unless `overwrite=True`. Restoring the same archive (and paths)
+    into the same target again changes nothing.
 
-    Example: `pyinfra INVENTORY tasks.borg.restore job=system target=/srv/restore`.
+    + job: the job (`borgbackup.jobs.<job>`)
+    + target: absolute directory; archive paths land under it (`target=/` restores in place)
+    + archive: an archive name, or `latest`
+    + overwrite: replace files of a non-empty target
+    + paths: only these archive paths (a list, or `a,b`; `/etc/motd` = `etc/motd`)
+
+    **Example:** ``pyinfra INVENTORY tasks.borg.restore job=system target=/ paths=/etc/motd overwrite=true``
     """
     if not target.startswith("/"):
         raise HostError(f"{host.name}: restore target must be an absolute path, got {target!r}")
     planned, name = archive_to_restore(job, archive)
-    current = host.get_fact(RestoreTarget, path=target)
+    paths = archive_paths(paths)
+    key = RestoreTarget.key(target, paths)
+    current = host.get_fact(RestoreTarget, path=target, key=key)
     if current.entries and current.restored == name:
         host.noop(f"{job}: {name} already restored into {target}")
         return
@@ -666,8 +674,8 @@ def restore(job: str, target: str, archive: str = "latest", overwrite: bool = Fa
             "refusing to overwrite; pass overwrite=True to replace its files"
         )
     env = borg_env(planned.job, planned.location)
-    run = with_env(env, extract_argv(planned.job, planned.location.url, name, tuple(paths or ())))
-    marker = RestoreTarget.marker(target)
+    run = with_env(env, extract_argv(planned.job, planned.location.url, name, paths))
+    marker = RestoreTarget.marker(key)
     yield (
         f"mkdir -p {sh_join([target])} && cd {sh_join([target])} && {run} && "
         f"mkdir -p {os.path.dirname(marker)} && echo {sh_join([name])} > {marker}"

@@ -213,3 +213,13 @@ def test_operator_borg_ignores_the_borg_variables_of_the_operators_shell(tmp_pat
     out = operator.run_borg(planned, planned.location, list_argv(job, planned.location), b"right")
     assert json.loads(out)["archives"] == []
     assert (base / ".config/borg/security").is_dir() and not (tmp_path / "not-this-one").exists()
+
+
+def test_archive_paths_as_the_command_line_gives_them():
+    from pyinfra_backup.borg import archive_paths
+
+    assert archive_paths(None) == ()
+    assert archive_paths("/etc/motd") == ("etc/motd",)  # one string from pyinfra's CLI, not its characters
+    assert archive_paths("/etc/motd, etc/hosts,,/etc/motd") == ("etc/motd", "etc/hosts")
+    assert archive_paths(["/srv/a b", "srv/c"]) == ("srv/a b", "srv/c")
+    assert archive_paths(["/"]) == ()  # the whole archive
