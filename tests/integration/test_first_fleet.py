@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import PROJECT
+from tests.integration.helpers import PROJECT, pyinfra
 
 pytestmark = pytest.mark.fleet
 
@@ -112,3 +112,13 @@ def test_the_first_fleet_page_runs_as_written(fleet_factory, tmp_path):
         assert oct(passphrase.stat().st_mode & 0o777) == "0o600" and len(passphrase.read_text().strip()) >= 40
         assert passphrase.read_text().strip() not in proc.stdout + proc.stderr  # never printed
         assert fleet.run("backup", f"test -f /var/lib/borgbackup/{client}/config && echo repo").stdout == "repo\n"
+
+    # Step 4 again, and on a host whose file is empty: the passphrase is never replaced.
+    inventory = fleet.write_inventory(tmp_path / "fleet.py", groups={"clients": ["web", "db"]})
+    kept = fleet.path("web", "/var/lib/pyinfra-backup/passphrase").read_text()
+    fleet.run("db", "mv /var/lib/pyinfra-backup/passphrase /root/p && : > /var/lib/pyinfra-backup/passphrase")
+    again = pyinfra(inventory, "tasks.passphrase.generate", "--limit", "clients")
+    assert again.returncode != 0 and "[web]    No changes" in again.stdout, again.stdout[-3000:]
+    assert "db: /var/lib/pyinfra-backup/passphrase exists but is empty: not replaced" in again.stdout, again.stdout
+    assert fleet.path("web", "/var/lib/pyinfra-backup/passphrase").read_text() == kept
+    assert fleet.path("db", "/var/lib/pyinfra-backup/passphrase").read_text() == ""
