@@ -24,6 +24,7 @@ enrolled = any(planned.server for planned in plan)
 # before the client pins its host keys and reaches its repo (both in `backup.run`). Every
 # client and server is read once, all at once, now: only hosts without their key get the key operation.
 read_fleet_at_once()
+borg.operator_reach_up_front()  # prune runs here: is each server reached with the operator's key? (due jobs only)
 if enrolled and not has_backup_key(host):
     borg.backup_key(name="Backup key")
 if host.name in fleet_servers(inventory):

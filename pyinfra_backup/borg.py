@@ -137,6 +137,19 @@ class Location:
     identity: str | None = None  # the ssh key `rsh` uses, when it is a dedicated one (the operator's)
 
 
+def probe_argv(where: Location, log: str) -> list[str]:
+    """ssh to a Location's server user with its rsh, as borg would connect, ssh's messages to `log`: the
+    server's forced command (`borg serve`) starts and ends at once on an empty stdin. Exit 0: reached.
+
+    >>> probe_argv(Location("ssh://borg@10.0.0.5:2222/srv/r", "ssh -i /k"), "/tmp/l")
+    ['ssh', '-i', '/k', '-E', '/tmp/l', '-p', '2222', 'borg@10.0.0.5', 'true']
+    """
+    rest = where.url.removeprefix("ssh://")
+    login = rest.split("/", 1)[0]
+    address, _, port = login.rpartition(":") if login.rpartition(":")[2].isdigit() else (login, "", "")
+    return [*shlex.split(where.rsh or "ssh"), "-E", log, *(["-p", port] if port else []), address, "true"]
+
+
 SERVER_ALIVE_INTERVAL = 30  # `borgbackup.serverAliveInterval`: seconds; ssh gives up after 3 unanswered
 
 

@@ -564,6 +564,8 @@ def require_valid_inventory(state=None) -> None:
                 _remember_valid(digest)
         errors = errors + untrusted_repo_servers(state.inventory) + missing_operator_identities(state.inventory)
         setattr(state, _MEMO, errors)
+        if under_cli:
+            _name_unreached_hosts_at_exit(state)
     if errors:
         source = _inventory_source() if under_cli else None
         message = (f"invalid host data{f' in {source}' if source else ''} ({len(errors)} problem"
@@ -577,6 +579,18 @@ def require_valid_inventory(state=None) -> None:
             logger.error(message)
             raise SystemExit(1)
         raise InvalidHostData(message)
+
+
+def _name_unreached_hosts_at_exit(state) -> None:
+    """pyinfra's results table lists only the hosts it reached: say, below it, which ones it did not."""
+    unreached = [host.name for host in state.inventory if host in state.failed_hosts and not host.connected]
+    if unreached:
+        import atexit
+
+        from pyinfra import logger
+
+        atexit.register(logger.error, f"--> Not reached, nothing ran on them (see \"Could not connect\" above): "
+                                      f"{', '.join(unreached)}")
 
 
 def _inventory_source() -> str | None:

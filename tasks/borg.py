@@ -440,10 +440,32 @@ def _operator_listing(planned, location, error=JobError):
     return listing
 
 
+def operator_reach_up_front() -> None:
+    """Before any host changes (at deploy load, after the fleet's read): this machine reaches, with the
+    operator's key, the server of every job whose create is due now and whose prune runs here. A failure
+    is said now, once per job; the job still backs up (its host's key can), its prune then fails with it."""
+    for planned in host_plan(host, inventory):
+        if planned.server is not None and planned.job.keep and planned.job.name not in _unreached() \
+                and _not_due(planned) is None:
+            error = operator.reach(planned, operator.location(host, planned))
+            if error:
+                _unreached()[planned.job.name] = error
+                logger.error(f"{host.name}: job {planned.job.name}: {error} (its backup is still made; its prune fails)")
+
+
+def _unreached() -> dict[str, str]:
+    """Jobs of this host whose repo server this machine could not reach with the operator's key: why."""
+    if not hasattr(host, "_pyinfra_backup_unreached"):
+        host._pyinfra_backup_unreached = {}
+    return host._pyinfra_backup_unreached
+
+
 def _prune_with_ledger(planned, base: str, recorded: ledger.Ledger):
     """Prune + compact of a fleet repo with the operator's key, only after the operator's listing
     matched the archive ledger; the ledger is written before borg runs (our deletions are ours)."""
     job, server, now = planned.job.name, planned.server.name, _now()
+    if job in _unreached():
+        raise JobError(job, _unreached()[job])
     location = operator.location(host, planned)
     listing = _operator_listing(planned, location)
     found = ledger.compare(recorded, listing.archives, listing.repo_id, now)

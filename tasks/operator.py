@@ -20,10 +20,11 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
+import gevent.event
 from pyinfra import inventory
 from pyinfra.api import StringCommand
 
-from pyinfra_backup.borg import Location, RepoListing, borg_env, list_argv, operator_env, parse_list
+from pyinfra_backup.borg import Location, RepoListing, borg_env, list_argv, operator_env, parse_list, probe_argv
 from pyinfra_backup.enrollment import PlannedJob, alive_interval, operator_identity, operator_location
 
 
@@ -135,6 +136,33 @@ def ssh_logged(where: Location):
         yield replace(where, rsh=f"{where.rsh} -E {shlex.quote(path)}"), read
     finally:
         os.unlink(path)
+
+
+def reach(planned: PlannedJob, where: Location) -> str | None:
+    """Why this machine cannot reach the job's repo server with the operator's key (with ssh's own words), or
+    None: asked once per run and server login (one ssh login, 0.1-0.3 s), the answer shared by every host."""
+    from pyinfra.context import ctx_state
+
+    answers = ctx_state.get().__dict__.setdefault("_pyinfra_backup_reach", {})
+    login = (where.rsh, where.url.split("/")[2])
+    if login not in answers:
+        answers[login] = gevent.event.AsyncResult()
+        fd, log = tempfile.mkstemp(prefix="pyinfra-backup-ssh-", suffix=".log")
+        os.close(fd)
+        try:
+            proc = subprocess.run(probe_argv(where, log), stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+            with open(log, errors="replace") as said:
+                words = " ".join(line.strip() for line in said.read().splitlines()[-2:] if line.strip())
+        except subprocess.TimeoutExpired:
+            proc, words = None, "no answer in 60 s"
+        finally:
+            os.unlink(log)
+        answers[login].set(None if proc is not None and proc.returncode == 0 else
+                           (words or f"exit status {proc.returncode}").rstrip("."))
+    said = answers[login].get()
+    return said and (f"prune of job {planned.job.name} runs on this machine with {where.identity} "
+                     f"(borgbackup.operatorIdentity): ssh: {said}; the server must list its public key in "
+                     "borgbackup.operatorKeys")
 
 
 def ssh_reason(where: Location, said: str, command: str) -> str:

@@ -73,6 +73,7 @@ def test_1_a_host_unreachable_at_the_start_fails_alone_and_is_named(faults, fail
     run, kept = failing_run["run"], failing_run["kept"]
     assert run.returncode != 0
     assert re.search(r"\[host05\] Could not connect", run.stdout), run.stdout
+    assert re.search(r"--> Results:(.|\n)*--> Not reached, nothing ran on them .*: host05$", run.stdout, re.M), run.stdout
     assert "pyinfra error in" not in run.stdout, run.stdout  # no crash: the run went on without host05
     for name in ("host01", "host02"):  # the others finished: a new archive each
         assert len(faults.archives(name)) == len(kept[name].archives[name]) + 1, host_lines(run, name)

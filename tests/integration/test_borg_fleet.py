@@ -332,13 +332,17 @@ def test_a_wrong_operator_identity_says_which_key_which_host_refused_and_where_p
     inventory = fleet.write_inventory(tmp / "inventory-wrong-operator-key.py", {**data, "backup": setup["server_data"]},
                                       {"clients": CLIENTS, "servers": ["backup"]})
     time.sleep(1)  # archive names have second resolution
+    before = archives(setup, "host01")
     run = pyinfra(inventory, "deploys/backup.py", "--data", "backup_force=true", "--limit", "host01", env=setup["env"])
     assert run.returncode != 0, run.stdout
     server = fleet.host("backup").address
     # borg alone says "Connection closed by remote host"; ssh's own message names the user, host and refusal.
-    # The prune's first step, the operator's listing for the archive ledger, is where it shows.
-    assert re.search(rf"\[host01\] .*job system: cannot read repo with the operator's key: .*; ssh: borg@{re.escape(server)}: "
-                     r"Permission denied \(publickey\)", run.stdout), run.stdout
+    # It is said up front, before any host changes, and again where the prune fails.
+    said = (rf"host01: job system: prune of job system runs on this machine with {re.escape(str(wrong))} "
+            rf"\(borgbackup.operatorIdentity\): ssh: borg@{re.escape(server)}: Permission denied \(publickey\); "
+            r"the server must list its public key in borgbackup.operatorKeys")
+    up_front, _, later = run.stdout.partition("--> Beginning operation run")
+    assert re.search(said + r" \(its backup is still made; its prune fails\)", up_front), run.stdout
+    assert re.search(r"\[host01\] " + said, later), run.stdout
     assert "backup key" not in run.stdout, run.stdout  # it is the operator's key, not the host's, that was refused
-    assert (f"borg prune runs on the operator's machine with key {wrong} (borgbackup.operatorIdentity); "
-            "the server must list its public key in borgbackup.operatorKeys") in run.stdout, run.stdout
+    assert len(archives(setup, "host01")) == len(before) + 1  # the host's own key still made its backup
