@@ -15,9 +15,23 @@ refused). Pin each host once, after comparing its fingerprint out of band:
     ssh-keyscan backup-server.lan | ssh-keygen -lf -         # here
     ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub          # on the host's console: the same?
     ssh-keyscan backup-server.lan >> ~/.ssh/fleet_known_hosts
+
+Each job's passphrase comes from its passCommand on the host: here an agenix secret
+(group_data/nixos_hosts.py). A host without agenix can have one made on it, once:
+
+    pyinfra -y inventory/example.py tasks.passphrase.generate --limit HOST
+    # and passCommand = "cat /var/lib/pyinfra-backup/passphrase" in its job
+
+docs/first-fleet.md walks through a whole first fleet.
 """
 
-_PINNED = {"ssh_strict_host_key_checking": "yes", "ssh_known_hosts_file": "~/.ssh/fleet_known_hosts"}
+# How pyinfra logs in: as root, with the operator's key, trusting only the pinned host keys.
+_PINNED = {
+    "ssh_user": "root",
+    "ssh_key": "~/.ssh/id_ed25519",
+    "ssh_strict_host_key_checking": "yes",
+    "ssh_known_hosts_file": "~/.ssh/fleet_known_hosts",
+}
 
 nixos_hosts = [
     ("desktop", {"ssh_hostname": "desktop.lan", **_PINNED}),
