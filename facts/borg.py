@@ -346,6 +346,11 @@ def server_state(host, users: list[str], groups: list[str], paths: list[str]) ->
     return cache["server"]
 
 
+def server_state_read(host) -> ServerState | None:
+    """The repo server as this run last read it, or None when it has not been read (not in the run)."""
+    return _cache(host).get("server")
+
+
 def forget(host) -> None:
     """Drop what we know of a host: an operation of ours is about to change it."""
     cache = _cache(host)

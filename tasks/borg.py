@@ -22,7 +22,7 @@ from pyinfra.facts.server import Home
 
 from facts.borg import (
     BorgRepoFiles, RestoreTarget, backup_key as client_key, changed_in_run, client_at_start, client_state,
-    enrolled_clients, fleet_servers, forget, host_keys, host_plan, repo_listings, server_state, servers_of,
+    enrolled_clients, fleet_servers, forget, host_keys, host_plan, repo_listings, server_state, server_state_read, servers_of,
     tampering, textfile_path,
 )
 from tasks import operator
@@ -446,11 +446,20 @@ def operator_reach_up_front() -> None:
     is said now, once per job; the job still backs up (its host's key can), its prune then fails with it."""
     for planned in host_plan(host, inventory):
         if planned.server is not None and planned.job.keep and planned.job.name not in _unreached() \
-                and _not_due(planned) is None:
+                and _not_due(planned) is None and not _operator_key_pending(planned):
             error = operator.reach(planned, operator.location(host, planned))
             if error:
                 _unreached()[planned.job.name] = error
                 logger.error(f"{host.name}: job {planned.job.name}: {error} (its backup is still made; its prune fails)")
+
+
+def _operator_key_pending(planned) -> bool:
+    """The server, as read at the start of this run, lacks an operatorKeys entry that its `repo_server`
+    step installs in this same run (a new fleet's first run): asked now, the server would refuse a key
+    it is about to accept. The prune, later in the run, then says for itself whether it got in."""
+    state = server_state_read(inventory.get_host(planned.server.name))
+    installed = "\n".join(state.authorized_keys.values()) if state else ""
+    return state is not None and any(key.split()[1] not in installed for key in planned.server.operator_keys)
 
 
 def _unreached() -> dict[str, str]:
