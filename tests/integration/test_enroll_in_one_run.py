@@ -1,6 +1,7 @@
 """A brand-new fleet enrolled by `deploys/backup.py` alone, as its docstring promises: no
 `deploys/backup_server.py` first. The job prunes, so the run's up-front check of the operator's reach
-meets a server that this same run gives the operator's key: the check must not fail the prune for it."""
+meets a server that this same run gives the operator's key: the check must not fail the prune for it.
+The prune's passphrase is read on the operator's side as borg reads it on the host."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ def test_first_backup_run_on_a_new_fleet_enrolls_backs_up_and_prunes(fleet_facto
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(op_key)], check=True)
     passphrase = "pp-" + secrets.token_hex(12)
     fleet.run("host01", f"export PASS={passphrase}\n" + DATA_SETUP)
+    # A passphrase file that ends in blank lines (`echo >> file`): borg drops every trailing newline of a
+    # passCommand's output, and so must the operator's side, which runs the same passCommand over SSH.
+    fleet.run("host01", "printf '\\n\\n' >> /root/borg-pass")
     job = borg_job(prune={"keep": {"daily": 1}})
     host_data = {
         "host01": {"borgbackup": {"jobs": {"system": job}, "operatorIdentity": str(op_key)}},
