@@ -195,6 +195,7 @@ def freshness(planned: PlannedJob, state: ClientState, listing: RepoListing, now
         status = Schedule.parse(list(job.start_at)).due_state(last.time if last else None, now)
     created = (state.records[job.name].create or {}).get("archive", {})
     stats = created.get("stats", {}) if last and created.get("name") == last.name else {}
+    attempt = state.records[job.name].attempt  # the host's record of the last create run on it, failed or not
     return {
         "repo": job.repo,
         "last_archive": last.name if last else None,
@@ -205,13 +206,18 @@ def freshness(planned: PlannedJob, state: ClientState, listing: RepoListing, now
         "error": error,
         "original_size": stats.get("original_size"),
         "deduplicated_size": stats.get("deduplicated_size"),
+        "last_attempt": attempt.time.isoformat() if attempt else None,
+        "last_attempt_age_seconds": int((now - attempt.time).total_seconds()) if attempt else None,
+        "last_attempt_ok": attempt.rc == 0 if attempt else None,
     }
 
 
 class BackupFreshness(FactBase):
     """Freshness of every job of the host, from its repos, in one remote command (and the archive
     ledger of this machine: `tampered`):
-    `{job: {repo, last_archive, last_time, age_seconds, due, status, error, original_size, deduplicated_size}}`."""
+    `{job: {repo, last_archive, last_time, age_seconds, due, status, error, original_size, deduplicated_size,
+    last_attempt, last_attempt_age_seconds, last_attempt_ok}}` (the last three: the host's record of its last
+    create attempt, successful or not; None when none was recorded)."""
 
     def command(self) -> str:
         self.plan, self.host_name = host_plan(context.host, context.state.inventory), context.host.name
