@@ -8,7 +8,7 @@ from __future__ import annotations
 from pyinfra.api import FactBase
 
 from pyinfra_backup.scheduler import (
-    DEFAULT_NAME, DEFAULT_USER, UNIT_DIR, InstalledScheduler, SchedulerSettings, read_check_script, wants_link,
+    DEFAULT_NAME, DEFAULT_USER, UNIT_DIR, InstalledScheduler, SchedulerSettings, reads_check, wants_link,
 )
 from pyinfra_backup.shell import ReadFile, parse_sections, sectioned_script, sh_join
 
@@ -32,7 +32,7 @@ class SchedulerUnits(FactBase):
             "pyinfra": f"[ -x {sh_join([settings.pyinfra])} ]",
             "inventory": f"[ -f {sh_join([inventory])} ] && [ -r {sh_join([inventory])} ]",
             "reads": f"getent passwd {sh_join([user])} >/dev/null && runuser -u {sh_join([user])} -- sh -c "
-                     f"{sh_join([read_check_script(settings)])}",
+                     f"{sh_join([reads_check(settings)])}",
         })
 
     def process(self, output) -> InstalledScheduler:

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 from pyinfra_backup.jsonable import JsonFact
+from pyinfra_backup.shell import atomic_write, sh_join
 
 PROJECT = Path(__file__).resolve().parents[1]
 DEFAULT_NAME = "pyinfra-backup"
@@ -237,8 +238,6 @@ def install_commands(settings: SchedulerSettings, current: InstalledScheduler, u
     (a system user with its own group and home); unit files are replaced atomically; the timer is enabled as
     `systemctl enable` does (a link in timers.target.wants); when systemd runs, it reloads and (re)starts
     the timer."""
-    from pyinfra_backup.shell import atomic_write, sh_join
-
     commands = []
     if not current.user_exists:
         commands.append(sh_join(["useradd", "--system", "--user-group", "--create-home", "--home-dir", settings.home,
@@ -265,19 +264,18 @@ def _user_check(settings: SchedulerSettings) -> str:
     """Fails (before any unit file is written) when the new user cannot read the inventory or run pyinfra."""
     message = (f"schedule_user: {settings.user} cannot read {settings.inventory} or run {settings.pyinfra}: give it "
                "read access, then run the deploy again")
-    return (f"runuser -u {shlex.quote(settings.user)} -- sh -c {shlex.quote(_reads_script(settings))} "
+    return (f"runuser -u {shlex.quote(settings.user)} -- sh -c {shlex.quote(reads_check(settings))} "
             f"|| {{ echo {shlex.quote(message)} >&2; exit 1; }}")
 
 
-def _reads_script(settings: SchedulerSettings) -> str:
+def reads_check(settings: SchedulerSettings) -> str:
+    """A command, run as the service's user, that fails unless it can read the inventory and run pyinfra."""
     return f"test -r {shlex.quote(settings.inventory)} && test -x {shlex.quote(settings.pyinfra)}"
 
 
 def remove_commands(settings: SchedulerSettings, current: InstalledScheduler, unit_dir: str = UNIT_DIR) -> list[str]:
     """Commands removing the timer and the service (the user and its home stay: they hold the operator's
     archive ledger and keys)."""
-    from pyinfra_backup.shell import sh_join
-
     if current.service is None and current.timer is None and not current.enabled:
         return []
     commands = []
@@ -312,11 +310,3 @@ def parse_exec_start(value: str) -> list[str]:
     return words[:1] + [word.replace("$$", "$") for word in words[1:]]
 
 
-def read_check_script(settings: SchedulerSettings) -> str:
-    return _reads_script(settings)
-
-
-__all__: Sequence[str] = (
-    "SchedulerError", "SchedulerSettings", "InstalledScheduler", "on_calendar", "service_unit", "timer_unit",
-    "install_commands", "install_problems", "remove_commands", "parse_unit", "parse_exec_start", "systemd_word",
-)
