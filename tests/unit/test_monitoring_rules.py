@@ -200,3 +200,41 @@ def test_no_rule_panel_or_legend_uses_prometheus_own_job_label():
                         r",\s*job\)"):
             assert not re.search(pattern, text), (path.name, pattern)
     assert "honor_labels:" not in (DOCS / "prometheus.yml").read_text()
+
+
+def test_scheduler_stopped_fires_on_rendered_metrics_of_a_job_due_and_not_attempted(tmp_path):
+    """Metrics rendered from a host's records (pyinfra_backup.metrics), promtool evaluating the alert: a daily job
+    whose last archive is from yesterday is due since midnight; an hour later, with no attempt since, it fires;
+    with a (failed) attempt after midnight, or 20 minutes after midnight, it does not."""
+    from pyinfra_backup.records import Attempt
+
+    midnight = datetime(2026, 3, 10, tzinfo=UTC)
+    create = {"archive": {"start": "2026-03-09T00:00:05", "end": "2026-03-09T00:01:05"}}
+    cases = {  # job: (attempt record, evaluated at)
+        "stopped": (Attempt(datetime(2026, 3, 9, 0, 1, 6, tzinfo=UTC), 0), midnight + timedelta(hours=1)),
+        "attempted": (Attempt(midnight + timedelta(minutes=20), 2, "locked"), midnight + timedelta(hours=1)),
+        "recent": (Attempt(datetime(2026, 3, 9, 0, 1, 6, tzinfo=UTC), 0), midnight + timedelta(minutes=20)),
+    }
+    eval_time = 600
+    series, expected = [], []
+    for job, (attempt, now) in cases.items():
+        shift = now.timestamp() - eval_time  # promtool's clock: `now` is 10m
+        m = job_metrics_from_records(JobRecords(create=create, attempt=attempt), start_at="daily")
+        assert m.due == midnight.timestamp()
+        for name, value in (("borg_backup_due_timestamp_seconds", m.due - shift),
+                            ("borg_backup_last_attempt_timestamp_seconds", m.last_attempt - shift)):
+            series.append({"series": f'{name}{{host="h",borg_job="{job}"}}', "values": f"{value:.0f}+0x20"})
+        if job == "stopped":
+            expected.append({"exp_labels": {"severity": "warning", "host": "h", "borg_job": job}, "exp_annotations": {
+                "summary": "No backup run reached stopped on h",
+                "description": "Job stopped on h has been due for 1h 0m 0s and no run attempted it since (scheduled "
+                               "every 15m 0s): is the scheduler running on the operator's machine (systemctl status "
+                               "pyinfra-backup.timer, journalctl -u pyinfra-backup) and does it reach the host?"}})
+    shutil.copy(ALERTS, tmp_path / "alerts.yml")
+    test = {"rule_files": ["alerts.yml"], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m", "input_series": series,
+        "alert_rule_test": [{"eval_time": "10m", "alertname": "BorgSchedulerStopped", "exp_alerts": expected}],
+    }]}
+    (tmp_path / "test.yml").write_text(json.dumps(test))
+    run = promtool("test", "rules", "test.yml", cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
