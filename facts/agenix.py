@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pyinfra.api import FactBase
 
 from pyinfra_backup.agenix import Rules, RulesError, eval_command, rules_from_eval
+from pyinfra_backup.jsonable import JsonFact
 from pyinfra_backup.shell import parse_sections, sectioned_script, sh_join
 
 
 @dataclass
-class RulesState:
+class RulesState(JsonFact):
     rules: Rules | None  # None when the file is missing or invalid
     error: str | None  # one line per problem, naming the file and the attribute
 

@@ -27,6 +27,7 @@ from pyinfra_backup.borg import (
 )
 from pyinfra_backup import ledger_store
 from pyinfra_backup.enrollment import PlannedJob, Server, plan_jobs, repo_accounts, server_repos
+from pyinfra_backup.jsonable import JsonFact
 from pyinfra_backup.metrics import TEXTFILE_NAME
 from pyinfra_backup.records import JobRecords, parse_records, read_sections
 from pyinfra_backup.schedule import Schedule
@@ -56,8 +57,23 @@ def host_plan(host, inventory) -> list[PlannedJob]:
     return host._pyinfra_backup_plan
 
 
+def _plan_or_host(plan: list[PlannedJob] | None) -> list[PlannedJob]:
+    """A fact's `plan` argument, or (from the command line, which cannot pass one) the current host's."""
+    return host_plan(context.host, context.state.inventory) if plan is None else plan
+
+
+def planned_job(planned: PlannedJob | str) -> PlannedJob:
+    """A fact's `planned` argument, or a job name of the current host (from the command line)."""
+    if not isinstance(planned, str):
+        return planned
+    for candidate in host_plan(context.host, context.state.inventory):
+        if candidate.job.name == planned:
+            return candidate
+    raise ValueError(f"{context.host.name}: no job {planned!r} in borgbackup.jobs")
+
+
 @dataclass
-class ClientState:
+class ClientState(JsonFact):
     hostname: str
     key: str | None
     known_hosts: str
@@ -122,10 +138,11 @@ def _listings(plan: list[PlannedJob], sections: dict[str, Section]) -> dict[str,
 class BorgClient(FactBase):
     """A backup client as a backup run needs it, without touching any repo: hostname, backup
     key, pinned server keys, each job's records (pyinfra_backup/records.py) and the metrics
-    textfile. Example: `host.get_fact(BorgClient, plan=host_plan(host, inventory), textfile=None)`."""
+    textfile. Example: `host.get_fact(BorgClient, plan=host_plan(host, inventory), textfile=None)`; without
+    `plan` (`pyinfra INVENTORY fact facts.borg.BorgClient`), the host's jobs."""
 
-    def command(self, plan: list[PlannedJob], textfile: str | None = None) -> str:
-        self.plan = plan
+    def command(self, plan: list[PlannedJob] | None = None, textfile: str | None = None) -> str:
+        self.plan = plan = _plan_or_host(plan)
         return sectioned_script(_client_sections(plan, textfile))
 
     def process(self, output) -> ClientState:
@@ -134,10 +151,11 @@ class BorgClient(FactBase):
 
 class BorgRepos(FactBase):
     """Each job's repo as `borg list` shows it (all archives, checkpoints too), in one command.
-    Example: `host.get_fact(BorgRepos, plan=host_plan(host, inventory))` -> {job: RepoListing}."""
+    Example: `host.get_fact(BorgRepos, plan=host_plan(host, inventory))` -> {job: RepoListing}; without `plan`,
+    the host's jobs."""
 
-    def command(self, plan: list[PlannedJob]) -> str:
-        self.plan = plan
+    def command(self, plan: list[PlannedJob] | None = None) -> str:
+        self.plan = plan = _plan_or_host(plan)
         return sectioned_script(_repo_sections(plan))
 
     def process(self, output) -> dict[str, RepoListing]:
@@ -177,6 +195,7 @@ def freshness(planned: PlannedJob, state: ClientState, listing: RepoListing, now
         status = Schedule.parse(list(job.start_at)).due_state(last.time if last else None, now)
     created = (state.records[job.name].create or {}).get("archive", {})
     stats = created.get("stats", {}) if last and created.get("name") == last.name else {}
+    attempt = state.records[job.name].attempt  # the host's record of the last create run on it, failed or not
     return {
         "repo": job.repo,
         "last_archive": last.name if last else None,
@@ -187,13 +206,18 @@ def freshness(planned: PlannedJob, state: ClientState, listing: RepoListing, now
         "error": error,
         "original_size": stats.get("original_size"),
         "deduplicated_size": stats.get("deduplicated_size"),
+        "last_attempt": attempt.time.isoformat() if attempt else None,
+        "last_attempt_age_seconds": int((now - attempt.time).total_seconds()) if attempt else None,
+        "last_attempt_ok": attempt.rc == 0 if attempt else None,
     }
 
 
 class BackupFreshness(FactBase):
     """Freshness of every job of the host, from its repos, in one remote command (and the archive
     ledger of this machine: `tampered`):
-    `{job: {repo, last_archive, last_time, age_seconds, due, status, error, original_size, deduplicated_size}}`."""
+    `{job: {repo, last_archive, last_time, age_seconds, due, status, error, original_size, deduplicated_size,
+    last_attempt, last_attempt_age_seconds, last_attempt_ok}}` (the last three: the host's record of its last
+    create attempt, successful or not; None when none was recorded)."""
 
     def command(self) -> str:
         self.plan, self.host_name = host_plan(context.host, context.state.inventory), context.host.name
@@ -208,7 +232,7 @@ class BackupFreshness(FactBase):
 
 
 @dataclass
-class ServerState:
+class ServerState(JsonFact):
     host_keys: list[str]
     users: dict[str, str]  # user -> home
     groups: set[str]
@@ -435,7 +459,7 @@ class RestoreTarget(FactBase):
 
 
 @dataclass
-class RestoreTargetState:
+class RestoreTargetState(JsonFact):
     entries: int
     restored: str | None
 
@@ -445,7 +469,7 @@ def servers_of(plan: list[PlannedJob]) -> Mapping[str, Server]:
 
 
 @dataclass
-class RepoFiles:
+class RepoFiles(JsonFact):
     """A repo directory as borg's append-only rollback needs it."""
 
     repo_id: str | None

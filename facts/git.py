@@ -23,8 +23,8 @@ class GitRepoSync(FactBase):
     """The repo and, per configured remote, its refs (`git ls-remote`) with ahead/behind counts for the
     configured branches. Example: `host.get_fact(GitRepoSync, config=ConfigRepo.from_data(data))` -> RepoState."""
 
-    def command(self, config: ConfigRepo) -> str:
-        self.config = config
+    def command(self, config: ConfigRepo | None = None) -> str:
+        self.config = config = config or _host_config_or_fail()
         return state_command(config)
 
     def process(self, output) -> RepoState:
@@ -34,6 +34,14 @@ class GitRepoSync(FactBase):
 def host_config(host) -> ConfigRepo | None:
     data = host.data.get("config_repo")
     return ConfigRepo.from_data(data) if data else None
+
+
+def _host_config_or_fail() -> ConfigRepo:
+    """The current host's `config_repo` (a fact's `config` given no value, from the command line)."""
+    config = host_config(context.host)
+    if config is None:
+        raise ValueError(f"{context.host.name}: no config_repo in its data")
+    return config
 
 
 class ConfigRepoSync(GitRepoSync):
@@ -77,8 +85,9 @@ class GitTag(FactBase):
     """A tag name in a repo and the commit a ref names, for `release_tag`.
     Example: `host.get_fact(GitTag, config=config, tag="v1.2.0", ref="HEAD")` -> TagState."""
 
-    def command(self, config: ConfigRepo, tag: str, ref: str) -> str:
+    def command(self, tag: str, ref: str, config: ConfigRepo | None = None) -> str:
         self.tag = tag
+        config = config or _host_config_or_fail()
         return sectioned_script(tag_sections(config, tag, ref))
 
     def process(self, output) -> TagState:

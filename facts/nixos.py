@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from pyinfra.api import FactBase
 
+from pyinfra_backup.jsonable import JsonFact
 from pyinfra_backup.nixos import PROFILE, SystemProfile, eval_argv, generation_sections, parse_generations
 from pyinfra_backup.shell import parse_sections, sectioned_script, sh_join
 
@@ -30,7 +31,7 @@ class NixosGenerations(FactBase):
 
 
 @dataclass(frozen=True)
-class Toplevel:
+class Toplevel(JsonFact):
     path: str | None  # the store path the system would be built at
     error: str | None = None
 

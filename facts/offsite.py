@@ -9,12 +9,13 @@ from dataclasses import dataclass, field
 
 from pyinfra.api import FactBase
 
+from pyinfra_backup.jsonable import JsonFact
 from pyinfra_backup.offsite import NOT_A_REPO, Fingerprint, Record, fingerprint_command, record_path
 from pyinfra_backup.shell import parse_sections, sectioned_script, sh_join
 
 
 @dataclass(frozen=True)
-class RepoState:
+class RepoState(JsonFact):
     """One repo: `fingerprint` None when there is no borg repo (yet); `error` when it could not be read."""
 
     fingerprint: Fingerprint | None
@@ -23,7 +24,7 @@ class RepoState:
 
 
 @dataclass
-class OffsiteState:
+class OffsiteState(JsonFact):
     rclone: bool
     repos: dict[str, RepoState] = field(default_factory=dict)
 

@@ -6,11 +6,12 @@ from dataclasses import dataclass
 
 from pyinfra.api import FactBase
 
+from pyinfra_backup.jsonable import JsonFact
 from pyinfra_backup.shell import parse_sections, sectioned_script, sh_join
 
 
 @dataclass(frozen=True)
-class Checkout:
+class Checkout(JsonFact):
     head: str | None  # the commit checked out, None when `path` is not a git checkout
     exists: bool
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from collections.abc import Mapping
 
+from pyinfra_backup.jsonable import JsonFact
+
 STATE_DIR = "/var/lib/pyinfra-backup"
 BACKUP_KEY = f"{STATE_DIR}/ssh/id_ed25519"
 KNOWN_HOSTS = f"{STATE_DIR}/ssh/known_hosts"
@@ -300,7 +302,7 @@ class Archive:
 
 
 @dataclass(frozen=True)
-class RepoListing:
+class RepoListing(JsonFact):
     """What `borg list --json` says of a repo, or why it could not be read."""
 
     exists: bool

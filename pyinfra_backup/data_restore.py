@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pyinfra_backup.borg import borg_env, extract_argv
 from pyinfra_backup.dumps import MANIFEST, RESTORES_DIR, VOLUME_LOOKUP, Manifest, in_archive, spool_dir
 from pyinfra_backup.enrollment import PlannedJob
+from pyinfra_backup.jsonable import JsonFact
 from pyinfra_backup.shell import Section, parse_sections, sh_join, with_env
 
 MISSING = 3  # exit status of a section whose thing (database, volume) does not exist: not an error
@@ -92,7 +93,7 @@ def volume_sections(planned: PlannedJob, archive: str, name: str) -> dict[str, s
 
 
 @dataclass(frozen=True)
-class DatabaseState:
+class DatabaseState(JsonFact):
     manifest: Manifest | None
     oid: str | None  # None: no such database
     objects: int
@@ -102,7 +103,7 @@ class DatabaseState:
 
 
 @dataclass(frozen=True)
-class VolumeState:
+class VolumeState(JsonFact):
     manifest: Manifest | None
     engine: str | None  # None: no engine knows the volume
     mountpoint: str | None

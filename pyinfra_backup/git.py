@@ -35,6 +35,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from pyinfra_backup.jsonable import JsonFact
 from pyinfra_backup.shell import Section, parse_sections, sectioned_script, sh_join, with_env
 
 PUSHED = ("new", "ahead")
@@ -197,7 +198,7 @@ class RemoteState:
 
 
 @dataclass
-class RepoState:
+class RepoState(JsonFact):
     path: str
     error: str | None = None
     head: str | None = None  # current branch, None when detached
@@ -455,7 +456,7 @@ def tag_sections(config: ConfigRepo, tag: str, ref: str) -> dict[str, str]:
 
 
 @dataclass
-class TagState:
+class TagState(JsonFact):
     error: str | None = None  # the repo cannot be read
     valid: bool = True
     existing: Tag | None = None

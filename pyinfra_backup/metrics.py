@@ -6,7 +6,7 @@ The file goes to `monitoring.textfile_dir` as `borg_backup.prom` (`TEXTFILE_NAME
 atomically: write `.borg_backup.prom.<pid>` in the same directory, then rename it (node_exporter
 reads only `*.prom`, so it never sees a half-written file). One file per host holds every job.
 
-Metrics (gauges; labels `host` = inventory name, `job` = `borgbackup.jobs.<job>`; a metric whose
+Metrics (gauges; labels `host` = inventory name, `borg_job` = `borgbackup.jobs.<job>`; a metric whose
 value is unknown is left out, never written as 0): see `METRICS`.
 
 Records kept per job on the host (`pyinfra_backup.records`, read by the client fact)
@@ -65,7 +65,7 @@ from typing import Any
 from pyinfra_backup.schedule import Schedule
 
 TEXTFILE_NAME = "borg_backup.prom"
-LABELS = ("host", "job")  # label names of (inventory host name, backup job name)
+LABELS = ("host", "borg_job")  # label names of (inventory host name, backup job name); not `job`: Prometheus' own
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from collections.abc import Mapping
 
+from pyinfra_backup.jsonable import JsonFact
 from pyinfra_backup.shell import Section, sh_join
 
 PROFILE = "/nix/var/nix/profiles/system"
@@ -83,7 +84,7 @@ class Generation:
 
 
 @dataclass(frozen=True)
-class SystemProfile:
+class SystemProfile(JsonFact):
     profile: str
     nixos: bool  # /etc/NIXOS exists
     hostname: str

@@ -7,17 +7,22 @@ working directory). Each host is connected over pyinfra's own connectors and rea
 `facts.borg.BackupFreshness`; hosts are read in parallel.
 
 Table columns: host, job, last archive, age, status (fresh | due | stale | missing | error | tampered, or
-`unreachable` for a host that could not be read), size (original / deduplicated size of the last
+`unreachable` for a host that could not be read), last attempt (how long ago a run last tried the job's create,
+and `failed` when it failed; `-` when none is recorded), size (original / deduplicated size of the last
 archive, when the fact gives them). A host without jobs shows one row with job `-`. Reasons for
-errors follow the table, then a one-line summary.
+errors follow the table, then the last attempt per host (a scheduler that stopped shows there: no attempt
+since its jobs became due), then a one-line summary.
 
 `--json` prints one object to stdout (logs go to stderr)::
 
     {"ok": bool,
      "hosts": {"<host>": {"reachable": bool, "error": str | null,
+                          "last_attempt": <ISO 8601 UTC of the newest attempt of its jobs> | null,
+                          "last_attempt_age_seconds": int | null,
                           "jobs": {"<job>": <the fact's entry: repo, last_archive, last_time,
                                    age_seconds, due, status, error[, original_size,
-                                   deduplicated_size]>}}}}
+                                   deduplicated_size], last_attempt, last_attempt_age_seconds,
+                                   last_attempt_ok>}}}}
 
 Exit status: 0 when the inventory is valid (as every deploy checks it), has at least one job, every host was
 read and every job is fresh; 1 otherwise (`--tolerate due,missing` accepts those statuses too: a job waiting for
@@ -76,6 +81,20 @@ def format_size(entry: Mapping) -> str:
     return f"{format_bytes(original)} / {format_bytes(dedup)}"
 
 
+def format_attempt(entry: Mapping) -> str:
+    """`12m`, `3d04h failed`; `-` when no attempt is recorded."""
+    if entry.get("last_attempt_age_seconds") is None:
+        return "-"
+    return format_age(entry["last_attempt_age_seconds"]) + ("" if entry.get("last_attempt_ok", True) else " failed")
+
+
+def last_attempt(jobs: Mapping[str, Mapping]) -> tuple[str | None, int | None]:
+    """(time, age in seconds) of the newest attempt recorded among a host's jobs; (None, None) when none."""
+    attempts = [(job["last_attempt"], job.get("last_attempt_age_seconds")) for job in jobs.values()
+                if job.get("last_attempt")]
+    return max(attempts, key=lambda attempt: attempt[0]) if attempts else (None, None)
+
+
 def is_ok(report: Mapping, tolerated: frozenset[str] = frozenset()) -> bool:
     """Valid data, at least one job, every host read, every job fresh (or of a `tolerated` status)."""
     accepted = {"fresh"} | (tolerated - FAILING)
@@ -89,24 +108,27 @@ def is_ok(report: Mapping, tolerated: frozenset[str] = frozenset()) -> bool:
 
 def render_table(report: Mapping) -> str:
     """The report as an aligned text table, reasons and a summary line after it."""
-    header = ("HOST", "JOB", "LAST ARCHIVE", "AGE", "STATUS", "SIZE (ORIG / DEDUP)")
-    rows, notes = [], []
+    header = ("HOST", "JOB", "LAST ARCHIVE", "AGE", "STATUS", "LAST ATTEMPT", "SIZE (ORIG / DEDUP)")
+    rows, notes, attempts = [], [], []
     counts: Counter = Counter()
     unread = 0
     for name, host in report["hosts"].items():
         if not host["reachable"] or host.get("error"):
             status = "unreachable" if not host["reachable"] else "error"
-            rows.append((name, "-", "-", "-", status, "-"))
+            rows.append((name, "-", "-", "-", status, "-", "-"))
             notes.append(f"{name}: {status}: {host.get('error') or 'unknown reason'}")
             unread += 1
             continue
         if not host["jobs"]:
-            rows.append((name, "-", "(no jobs)", "-", "-", "-"))
+            rows.append((name, "-", "(no jobs)", "-", "-", "-", "-"))
+        else:
+            when, age = last_attempt(host["jobs"])
+            attempts.append(f"{name} {format_age(age)} ago ({when})" if when else f"{name} never")
         for job, entry in sorted(host["jobs"].items()):
             status = entry.get("status") or "error"
             counts[status] += 1
             rows.append((name, job, entry.get("last_archive") or "-", format_age(entry.get("age_seconds")),
-                         status, format_size(entry)))
+                         status, format_attempt(entry), format_size(entry)))
             if entry.get("error"):
                 notes.append(f"{name} {job}: {entry['error']}")
     widths = [max(len(str(row[i])) for row in (header, *rows)) for i in range(len(header))]
@@ -120,6 +142,8 @@ def render_table(report: Mapping) -> str:
         notes.append("no backup job in the inventory: nothing is backed up")
     if report.get("invalid"):
         notes.insert(0, report["invalid"])
+    if attempts:
+        notes.append("last attempt per host: " + ", ".join(attempts))
     summary += ": OK" if report.get("ok", is_ok(report)) else ": NOT OK"
     return "\n".join([*lines, *([""] + notes if notes else []), "", summary]) + "\n"
 
@@ -190,6 +214,8 @@ def collect(inventory: str, tolerated: frozenset[str] = frozenset()) -> dict:
     greenlets = [state.pool.spawn(_read_host, state, host) for host in hosts]
     gevent.joinall(greenlets)
     by_host = {host.name: g.get() for host, g in zip(hosts, greenlets)}
+    for read in by_host.values():
+        read["last_attempt"], read["last_attempt_age_seconds"] = last_attempt(read["jobs"])
     for host in hosts:
         if host.connected:
             try:

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from pyinfra_backup.borg import STATE_DIR
+from pyinfra_backup.jsonable import JsonFact
 from pyinfra_backup.records import job_dir
 from pyinfra_backup.shell import sh_join
 
@@ -85,7 +86,7 @@ def digest_script(patterns: Iterable[str], literal: bool = False) -> str:
 
 
 @dataclass(frozen=True)
-class Entry:
+class Entry(JsonFact):
     """One file, directory or symlink: `path` without the leading slash, as borg stores it."""
 
     path: str
@@ -105,7 +106,7 @@ class Entry:
 
 
 @dataclass(frozen=True)
-class LiveState:
+class LiveState(JsonFact):
     """What the digest script found on the host, and the digest of the last state archive."""
 
     hostname: str

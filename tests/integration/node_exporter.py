@@ -1,7 +1,7 @@
 """A real prometheus-node-exporter (Debian package) with only the textfile collector, for tests.
 
     with NodeExporter("/var/lib/prometheus/node-exporter", fleet=fleet, host="host01") as ne:
-        assert ne.value("borg_backup_last_attempt_success", host="host01", job="system") == 1
+        assert ne.value("borg_backup_last_attempt_success", host="host01", borg_job="system") == 1
         assert ne.value("node_textfile_scrape_error") == 0          # node_exporter accepted the file
 
 Inside a fleet host (`fleet` + `host`: the directory is a path inside that host, node_exporter

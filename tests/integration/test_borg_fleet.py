@@ -92,7 +92,7 @@ def test_first_run_writes_metrics_node_exporter_serves_and_pings(setup):
     pings = [(path, body) for path, body in setup["pings"].requests if path.startswith("/ping/host01")]
     assert ("/ping/host01/start", "") in pings and ("/ping/host01", "") in pings
     with NodeExporter(TEXTFILE_DIR, fleet=setup["fleet"], host="host01") as exporter:
-        labels = {"host": "host01", "job": "system"}
+        labels = {"host": "host01", "borg_job": "system"}
         assert exporter.value("node_textfile_scrape_error") == 0
         assert exporter.value("borg_backup_last_attempt_success", **labels) == 1
         assert exporter.value("borg_backup_archives", **labels) == 1
@@ -265,7 +265,7 @@ def test_failures_stay_with_their_host_and_say_why(setup):
     fails = [body for path, body in setup["pings"].requests if path == "/ping/host02/fail"]
     assert fails and "wrong passphrase" in fails[-1]
     with NodeExporter(TEXTFILE_DIR, fleet=fleet, host="host02") as exporter:
-        assert exporter.value("borg_backup_last_attempt_success", host="host02", job="system") == 0
+        assert exporter.value("borg_backup_last_attempt_success", host="host02", borg_job="system") == 0
     assert fleet.run("backup", "ls /var/lib/borgbackup/host04/ | grep -c lock || true").stdout.strip() == "0"
 
 

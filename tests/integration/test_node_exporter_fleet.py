@@ -37,7 +37,7 @@ def jobs() -> dict[str, JobMetrics]:
 
 def assert_served(ne: NodeExporter, host: str, expected: dict[str, JobMetrics]) -> None:
     assert ne.value("node_textfile_scrape_error") == 0  # node_exporter parsed the file
-    served = {(s.name, s.labels["job"]): s.value
+    served = {(s.name, s.labels["borg_job"]): s.value
               for m in METRICS for s in ne.samples(m.name) if s.labels.get("host") == host}
     wanted = {(m.name, job): float(getattr(values, m.field))
               for m in METRICS for job, values in expected.items() if getattr(values, m.field) is not None}
@@ -54,9 +54,9 @@ def test_node_exporter_in_a_fleet_host_serves_the_rendered_textfile(fleet):
         with NodeExporter(TEXTFILE_DIR, fleet=fleet, host="host01") as ne:
             assert ne.address.startswith(fleet.host("host01").address + ":")
             assert_served(ne, "host01", expected)
-            assert ne.value("borg_backup_last_attempt_success", host="host01", job="db") == 0
-            assert ne.value("borg_backup_original_bytes", job="system") == 12_345_678_901
-            assert ne.value("borg_backup_due_timestamp_seconds", job="system") == datetime(
+            assert ne.value("borg_backup_last_attempt_success", host="host01", borg_job="db") == 0
+            assert ne.value("borg_backup_original_bytes", borg_job="system") == 12_345_678_901
+            assert ne.value("borg_backup_due_timestamp_seconds", borg_job="system") == datetime(
                 2026, 1, 3, tzinfo=UTC).timestamp()
             assert ne.value("node_textfile_mtime_seconds", file=path) is not None
             assert ne.families()["borg_backup_archives"].type == "gauge"
@@ -77,5 +77,5 @@ def test_node_exporter_on_loopback_keeps_escaped_labels_and_flags_a_broken_file(
     with NodeExporter(tmp_path) as ne:
         assert ne.address.startswith("127.0.0.1:")
         assert_served(ne, "host-x", weird)
-        (tmp_path / "broken.prom").write_text("borg_backup_archives{job=\"unterminated} 1\n")
+        (tmp_path / "broken.prom").write_text("borg_backup_archives{borg_job=\"unterminated} 1\n")
         assert ne.value("node_textfile_scrape_error") == 1  # so 0 above means node_exporter accepted ours

@@ -8,6 +8,7 @@ the next event is 40 minutes away from the test), missing (no repo) and error (w
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -59,8 +60,9 @@ def make_repo(name, job_name, when, mode="none", passphrase="", created=True):
         f"borg create --json --timestamp {stamp} {repo}::{name}-{job_name}-{stamp} /srv/report-data"
         + (f" > /var/lib/pyinfra-backup/jobs/{job_name}/last-create.json" if created else " > /dev/null"),
     ]
-    if created:
+    if created:  # a run's records: the create's JSON and its attempt (`<unix time> <rc>`), 30 s after the start
         lines.insert(0, f"mkdir -p /var/lib/pyinfra-backup/jobs/{job_name}")
+        lines.append(f"echo '{int(when.timestamp()) + 30} 0' > /var/lib/pyinfra-backup/jobs/{job_name}/last-attempt")
     return lines
 
 
@@ -82,7 +84,9 @@ def setup(fleet, tmp_path_factory):
                            make_repo("host03", "rapp", last_event - timedelta(hours=2), created=False))},  # stale
         "host04": {"rvault": (job("rvault", "repokey-blake2", passphrase="wrong-pass"),
                              make_repo("host04", "rvault", now - timedelta(hours=1), "repokey-blake2",
-                                       "right-pass"))},  # error
+                                       "right-pass") + [  # then a failed attempt, 10 minutes ago
+                                 f"printf '%s 2\\nthe repo is locked\\n' {int(now.timestamp()) - 600} "
+                                 "> /var/lib/pyinfra-backup/jobs/rvault/last-attempt"])},  # error
         "host05": {"rvault": (job("rvault", "repokey-blake2", start_at=daily, passphrase="right-pass"),
                              make_repo("host05", "rvault", now - timedelta(minutes=10), "repokey-blake2",
                                        "right-pass"))},  # fresh
@@ -132,7 +136,8 @@ def test_json_lists_every_host_and_job_with_each_status_in_one_round_trip_per_ho
     assert run.returncode == 1, run.stdout + run.stderr  # a stale job and an error
     data = json.loads(run.stdout)
     assert data["ok"] is False and list(data["hosts"]) == [*CLIENTS, "backup"]
-    assert data["hosts"]["backup"] == {"reachable": True, "error": None, "jobs": {}}
+    assert data["hosts"]["backup"] == {"reachable": True, "error": None, "jobs": {}, "last_attempt": None,
+                                       "last_attempt_age_seconds": None}
     got = {(host, job): entry["status"] for host, h in data["hosts"].items() for job, entry in h["jobs"].items()}
     assert got == EXPECTED
     assert set(got.values()) == {"fresh", "due", "stale", "missing", "error"}
@@ -147,6 +152,14 @@ def test_json_lists_every_host_and_job_with_each_status_in_one_round_trip_per_ho
     assert jobs["host01", "rextra"]["last_archive"] is None and jobs["host01", "rextra"]["error"] is None
     assert "wrong passphrase" in jobs["host04", "rvault"]["error"] and "right-pass" not in run.stdout
     assert jobs["host05", "rvault"]["last_archive"].startswith("host05-rvault-")
+
+    # the last attempt per job (the host's record) and per host (the newest of its jobs')
+    assert fresh["last_attempt_ok"] is True and 5 * 60 - 30 <= fresh["last_attempt_age_seconds"] < 5 * 60 + 90
+    assert data["hosts"]["host01"]["last_attempt"] == fresh["last_attempt"]  # rextra has none
+    assert jobs["host01", "rextra"]["last_attempt"] is None and jobs["host03", "rapp"]["last_attempt"] is None
+    failed = jobs["host04", "rvault"]
+    assert failed["last_attempt_ok"] is False and 600 <= failed["last_attempt_age_seconds"] < 600 + 120, failed
+    assert data["hosts"]["host03"]["last_attempt"] is None
 
 
 @pytest.fixture(scope="module")
@@ -172,14 +185,24 @@ def test_table_has_a_row_per_host_and_job(runs):
     run = runs["table"]
     assert run.returncode == 1, run.stdout + run.stderr
     lines = run.stdout.splitlines()
-    assert lines[0].split() == ["HOST", "JOB", "LAST", "ARCHIVE", "AGE", "STATUS", "SIZE", "(ORIG", "/", "DEDUP)"]
-    rows = {tuple(line.split()[:2]): line.split() for line in lines[1:8] if line.strip()}
+    names = ["HOST", "JOB", "LAST ARCHIVE", "AGE", "STATUS", "LAST ATTEMPT", "SIZE (ORIG / DEDUP)"]
+    starts = [lines[0].index(name) for name in names]
+    assert starts == sorted(starts) and lines[0].startswith("HOST  ")
+
+    def cells(line):
+        return [line[a:b].strip() for a, b in zip(starts, [*starts[1:], None])]
+
+    rows = {tuple(cells(line)[:2]): cells(line) for line in lines[1:8] if line.strip()}
     assert {key: row[4] for key, row in rows.items() if key[0] != "backup"} == EXPECTED
-    assert rows["backup", "-"][2:4] == ["(no", "jobs)"]
+    assert rows["backup", "-"][2] == "(no jobs)"
     fresh = rows["host01", "rsystem"]
-    assert fresh[2].startswith("host01-rsystem-") and fresh[3] in ("5m", "6m") and fresh[5:7] != ["-"]
-    assert rows["host03", "rapp"][3].startswith("2h") and rows["host03", "rapp"][5] == "-"
-    assert rows["host01", "rextra"][2:4] == ["-", "-"]
+    assert fresh[2].startswith("host01-rsystem-") and fresh[3] in ("5m", "6m") and fresh[6] != "-"
+    assert fresh[5] in ("4m", "5m", "6m")  # the attempt, 30 s after the archive's start
+    assert rows["host04", "rvault"][5] in ("10m failed", "11m failed")
+    assert rows["host03", "rapp"][3].startswith("2h") and rows["host03", "rapp"][5:] == ["-", "-"]
+    assert rows["host01", "rextra"][2:4] == ["-", "-"] and rows["host01", "rextra"][5] == "-"
+    attempts = next(line for line in lines if line.startswith("last attempt per host: "))
+    assert re.search(r"host01 [456]m ago \(20\d\d-.*\), host02 .*, host03 never, host04 1[01]m ago", attempts), attempts
     assert any(line.startswith("host04 rvault: wrong passphrase") for line in lines)
     assert lines[-1] == "6 hosts, 6 jobs: 2 fresh, 1 due, 1 stale, 1 missing, 1 error: NOT OK"
 
@@ -210,7 +233,7 @@ def test_an_unreachable_host_is_listed_and_fails_the_report(runs):
     assert data["host05"]["jobs"]["rvault"]["status"] == "fresh"
     assert data["ghost"]["reachable"] is False and "unable to connect" in data["ghost"]["error"].lower()
     table = render_table(json.loads(run.stdout)).splitlines()
-    assert table[2].split()[:5] == ["ghost", "-", "-", "-", "unreachable"]
+    assert table[2].split()[:6] == ["ghost", "-", "-", "-", "unreachable", "-"]
     assert table[-1].endswith("; 1 hosts not read: NOT OK")
 
 

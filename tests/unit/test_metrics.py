@@ -30,7 +30,7 @@ def families(text):
 
 def samples(text):
     """{(name, host, job): value} of every sample."""
-    return {(s.name, s.labels["host"], s.labels["job"]): s.value for f in families(text).values() for s in f.samples}
+    return {(s.name, s.labels["host"], s.labels["borg_job"]): s.value for f in families(text).values() for s in f.samples}
 
 
 def test_every_metric_with_help_type_labels_and_value():
@@ -41,7 +41,7 @@ def test_every_metric_with_help_type_labels_and_value():
         fam = fams[metric.name]
         assert fam.type == "gauge" and fam.documentation == metric.help
         [sample] = fam.samples
-        assert sample.name == metric.name and sample.labels == {"host": "host01", "job": "system"}
+        assert sample.name == metric.name and sample.labels == {"host": "host01", "borg_job": "system"}
         assert sample.value == float(getattr(FULL, metric.field))
     assert text.count("# HELP ") == text.count("# TYPE ") == len(METRICS)
     assert text.endswith("\n") and not text.endswith("\n\n")
@@ -61,7 +61,7 @@ def test_names_follow_prometheus_conventions():
 def test_jobs_sorted_and_grouped_under_one_header_per_family():
     text = render_textfile("h", {"zeta": FULL, "alpha": JobMetrics(archives=1)})
     lines = [line for line in text.splitlines() if line.startswith("borg_backup_archives")]
-    assert lines == ['borg_backup_archives{host="h",job="alpha"} 1', 'borg_backup_archives{host="h",job="zeta"} 7']
+    assert lines == ['borg_backup_archives{host="h",borg_job="alpha"} 1', 'borg_backup_archives{host="h",borg_job="zeta"} 7']
     assert text.count("# TYPE borg_backup_archives gauge") == 1
 
 
@@ -78,7 +78,7 @@ def test_unknown_values_are_left_out_not_zero():
 def test_label_values_are_escaped():
     host, job = 'we"ird\\host', "line\nbreak"
     text = render_textfile(host, {job: JobMetrics(archives=3)})
-    assert r'host="we\"ird\\host",job="line\nbreak"' in text
+    assert r'host="we\"ird\\host",borg_job="line\nbreak"' in text
     assert samples(text) == {("borg_backup_archives", host, job): 3.0}
     assert len(text.splitlines()) == 3
 

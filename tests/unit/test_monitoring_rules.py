@@ -21,7 +21,7 @@ DOCS = Path(__file__).resolve().parents[2] / "docs/monitoring"
 ALERTS = DOCS / "alerts.yml"
 DASHBOARD = DOCS / "grafana-dashboard.json"
 METRIC = re.compile(r"\bborg_backup_[a-z_]+\b")
-GRAFANA_VARS = {"$host": ".*", "$job": ".*", "${host}": ".*", "${job}": ".*"}
+GRAFANA_VARS = {"$host": ".*", "$borg_job": ".*", "${host}": ".*", "${borg_job}": ".*"}
 
 
 def promtool(*args: str, cwd: Path = DOCS) -> subprocess.CompletedProcess:
@@ -37,7 +37,7 @@ def alert_names(text: str) -> list[str]:
 def test_promtool_checks_the_rules_and_the_example_config():
     rules = promtool("check", "rules", "alerts.yml")
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    assert "SUCCESS: 6 rules found" in rules.stdout
+    assert "SUCCESS: 8 rules found" in rules.stdout  # 7 alerts and the schedule interval
     config = promtool("check", "config", "prometheus.yml")
     assert config.returncode == 0, config.stdout + config.stderr
 
@@ -47,7 +47,7 @@ def test_promtool_unit_tests_of_every_alert_pass():
     assert run.returncode == 0, run.stdout + run.stderr
     names = alert_names(ALERTS.read_text())
     assert names == ["BorgBackupStale", "BorgBackupFailed", "BorgCheckOverdue", "BorgCheckFailed", "BorgRepoNearQuota",
-                     "BorgRepoTampered"]
+                     "BorgRepoTampered", "BorgSchedulerStopped"]
     tested = set(re.findall(r"alertname: (\w+)", (DOCS / "alerts_test.yml").read_text()))
     assert tested == set(names)
 
@@ -74,7 +74,7 @@ def test_dashboard_loads_and_is_well_formed():
     assert dashboard["title"] == "Backup Status" and dashboard["uid"] and dashboard["schemaVersion"] >= 36
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
-    assert {"host", "job"} <= set(variables)
+    assert {"host", "borg_job"} <= set(variables) and "job" not in variables
     ids = []
     for panel in dashboard["panels"]:
         ids.append(panel["id"])
@@ -151,7 +151,7 @@ def test_alerts_and_dashboard_state_agree_with_the_freshness_fact_on_rendered_me
         for name, value in (("borg_backup_last_success_timestamp_seconds", m.last_success - shift),
                             ("borg_backup_due_timestamp_seconds", m.due - shift),
                             ("borg_backup_schedule_period_seconds", m.schedule_period)):
-            series.append({"series": f'{name}{{host="h",job="{job}"}}', "values": f"{value:.0f}+0x20"})
+            series.append({"series": f'{name}{{host="h",borg_job="{job}"}}', "values": f"{value:.0f}+0x20"})
 
     dashboard = json.loads(DASHBOARD.read_text())
     [table] = [p for p in dashboard["panels"] if p["title"] == "Freshness per host and job"]
@@ -170,13 +170,13 @@ def test_alerts_and_dashboard_state_agree_with_the_freshness_fact_on_rendered_me
             "input_series": series,
             "promql_expr_test": [{
                 "expr": "dashboard:state", "eval_time": "10m",
-                "exp_samples": [{"labels": f'dashboard:state{{host="h",job="{job}"}}', "value": value}
+                "exp_samples": [{"labels": f'dashboard:state{{host="h",borg_job="{job}"}}', "value": value}
                                 for job, value in expected_state.items()],
             }],
             "alert_rule_test": [{
                 "eval_time": "16m", "alertname": "BorgBackupStale",
                 "exp_alerts": [{
-                    "exp_labels": {"severity": "critical", "host": "h", "job": job},
+                    "exp_labels": {"severity": "critical", "host": "h", "borg_job": job},
                     "exp_annotations": {
                         "summary": f"Backup {job} on h is stale",
                         "description": f"The last successful backup of job {job} on h is {humanize_duration(age)} old: "
@@ -187,5 +187,54 @@ def test_alerts_and_dashboard_state_agree_with_the_freshness_fact_on_rendered_me
         }],
     }
     (tmp_path / "test.yml").write_text(json.dumps(test))  # JSON is YAML
+    run = promtool("test", "rules", "test.yml", cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_no_rule_panel_or_legend_uses_prometheus_own_job_label():
+    """The backup job is `borg_job`: `job` is the scrape job Prometheus sets on every series."""
+    for path in (ALERTS, DOCS / "alerts_test.yml", DASHBOARD):
+        text = path.read_text()
+        assert "borg_job" in text, path
+        for pattern in (r"\$labels\.job\b", r"[{,(]\s*job\s*[=!~]", r"\{\{job\}\}", r"\bon \(host, job\)", r"[$]job\b",
+                        r",\s*job\)"):
+            assert not re.search(pattern, text), (path.name, pattern)
+    assert "honor_labels:" not in (DOCS / "prometheus.yml").read_text()
+
+
+def test_scheduler_stopped_fires_on_rendered_metrics_of_a_job_due_and_not_attempted(tmp_path):
+    """Metrics rendered from a host's records (pyinfra_backup.metrics), promtool evaluating the alert: a daily job
+    whose last archive is from yesterday is due since midnight; an hour later, with no attempt since, it fires;
+    with a (failed) attempt after midnight, or 20 minutes after midnight, it does not."""
+    from pyinfra_backup.records import Attempt
+
+    midnight = datetime(2026, 3, 10, tzinfo=UTC)
+    create = {"archive": {"start": "2026-03-09T00:00:05", "end": "2026-03-09T00:01:05"}}
+    cases = {  # job: (attempt record, evaluated at)
+        "stopped": (Attempt(datetime(2026, 3, 9, 0, 1, 6, tzinfo=UTC), 0), midnight + timedelta(hours=1)),
+        "attempted": (Attempt(midnight + timedelta(minutes=20), 2, "locked"), midnight + timedelta(hours=1)),
+        "recent": (Attempt(datetime(2026, 3, 9, 0, 1, 6, tzinfo=UTC), 0), midnight + timedelta(minutes=20)),
+    }
+    eval_time = 600
+    series, expected = [], []
+    for job, (attempt, now) in cases.items():
+        shift = now.timestamp() - eval_time  # promtool's clock: `now` is 10m
+        m = job_metrics_from_records(JobRecords(create=create, attempt=attempt), start_at="daily")
+        assert m.due == midnight.timestamp()
+        for name, value in (("borg_backup_due_timestamp_seconds", m.due - shift),
+                            ("borg_backup_last_attempt_timestamp_seconds", m.last_attempt - shift)):
+            series.append({"series": f'{name}{{host="h",borg_job="{job}"}}', "values": f"{value:.0f}+0x20"})
+        if job == "stopped":
+            expected.append({"exp_labels": {"severity": "warning", "host": "h", "borg_job": job}, "exp_annotations": {
+                "summary": "No backup run reached stopped on h",
+                "description": "Job stopped on h has been due for 1h 0m 0s and no run attempted it since (scheduled "
+                               "every 15m 0s): is the scheduler running on the operator's machine (systemctl status "
+                               "pyinfra-backup.timer, journalctl -u pyinfra-backup) and does it reach the host?"}})
+    shutil.copy(ALERTS, tmp_path / "alerts.yml")
+    test = {"rule_files": ["alerts.yml"], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m", "input_series": series,
+        "alert_rule_test": [{"eval_time": "10m", "alertname": "BorgSchedulerStopped", "exp_alerts": expected}],
+    }]}
+    (tmp_path / "test.yml").write_text(json.dumps(test))
     run = promtool("test", "rules", "test.yml", cwd=tmp_path)
     assert run.returncode == 0, run.stdout + run.stderr
