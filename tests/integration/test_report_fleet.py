@@ -146,6 +146,8 @@ def test_json_lists_every_host_and_job_with_each_status_in_one_round_trip_per_ho
     assert jobs["host03", "rapp"]["original_size"] is None  # no record: no size, still listed
     assert jobs["host01", "rextra"]["last_archive"] is None and jobs["host01", "rextra"]["error"] is None
     assert "wrong passphrase" in jobs["host04", "rvault"]["error"] and "right-pass" not in run.stdout
+    # once `-` after a wrong passphrase, as if no backup existed: the last archive its host recorded
+    assert jobs["host04", "rvault"]["last_archive"].startswith("host04-rvault-"), jobs["host04", "rvault"]
     assert jobs["host05", "rvault"]["last_archive"].startswith("host05-rvault-")
 
 
@@ -180,6 +182,7 @@ def test_table_has_a_row_per_host_and_job(runs):
     assert fresh[2].startswith("host01-rsystem-") and fresh[3] in ("5m", "6m") and fresh[5:7] != ["-"]
     assert rows["host03", "rapp"][3].startswith("2h") and rows["host03", "rapp"][5] == "-"
     assert rows["host01", "rextra"][2:4] == ["-", "-"]
+    assert rows["host04", "rvault"][2].startswith("host04-rvault-") and rows["host04", "rvault"][4] == "error"
     assert any(line.startswith("host04 rvault: wrong passphrase") for line in lines)
     assert lines[-1] == "6 hosts, 6 jobs: 2 fresh, 1 due, 1 stale, 1 missing, 1 error: NOT OK"
 
