@@ -371,3 +371,24 @@ def test_a_wrong_operator_identity_says_which_key_which_host_refused_and_where_p
     assert "backup key" not in run.stdout, run.stdout  # it is the operator's key, not the host's, that was refused
     assert len(archives(setup, "host01")) == len(before) + 1  # the host's own key still made its backup
 
+
+def test_a_missing_operator_identity_is_refused_before_any_host_changes(setup):
+    """Once a missing key file hid for days: it showed only when prune had something to delete, as borg's
+    "Connection closed by remote host. Is borg working on the server?"."""
+    fleet, tmp = setup["fleet"], setup["tmp"]
+    missing = tmp / "no_such_ed25519"
+    data = {name: setup["client_data"](name) for name in CLIENTS}
+    data["host01"]["borgbackup"]["operatorIdentity"] = str(missing)
+    inventory = fleet.write_inventory(tmp / "inventory-missing-operator-key.py", {**data, "backup": setup["server_data"]},
+                                      {"clients": CLIENTS, "servers": ["backup"]})
+    hosts = [*CLIENTS, "backup"]
+    before = archives(setup, "host01")  # the operator's borg list: a command on the server, before the count
+    commands = {name: fleet.exec_count(name) for name in hosts}
+    run = pyinfra(inventory, "deploys/backup.py", "--data", "backup_force=true", env=setup["env"])
+    assert run.returncode != 0, run.stdout
+    assert (f"host01: borgbackup.operatorIdentity: prune of job system runs on this machine with {missing}: "
+            "no such file (expected the operator's private key, its public key in backup's borgbackup.operatorKeys)"
+            in run.stdout), run.stdout
+    assert f"invalid host data in {inventory} (" in run.stdout and "pyinfra error in" not in run.stdout, run.stdout
+    assert {name: fleet.exec_count(name) for name in hosts} == commands  # not one remote command
+    assert archives(setup, "host01") == before
