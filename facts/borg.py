@@ -30,6 +30,7 @@ from pyinfra_backup.enrollment import PlannedJob, Server, plan_jobs, repo_accoun
 from pyinfra_backup.jsonable import JsonFact
 from pyinfra_backup.metrics import TEXTFILE_NAME
 from pyinfra_backup.records import JobRecords, parse_records, read_sections
+from pyinfra_backup.restore_mark import files_stamp, parse_mark
 from pyinfra_backup.schedule import Schedule
 from pyinfra_backup.sshd import SSHD_CONFIG, dropin_path
 from pyinfra_backup.shell import ReadFile, Section, parse_sections, sectioned_script, sh_join, with_env
@@ -441,20 +442,24 @@ class RestoreTarget(FactBase):
     def marker(path: str) -> str:
         return f"{STATE_DIR}/restores/{hashlib.sha256(path.encode()).hexdigest()[:16]}"
 
-    def command(self, path: str, key: str | None = None) -> str:
-        """`key`: what the marker is kept by, when one target receives several kinds of archive."""
+    def command(self, path: str, key: str | None = None, roots: tuple[str, ...] = ()) -> str:
+        """`key`: what the marker is kept by, when one target receives several kinds of archive;
+        `roots`: the restored files, stamped as they are now (`pyinfra_backup.restore_mark`)."""
         return sectioned_script({
             "entries": f"ls -A {sh_join([path])} | wc -l",
             "restored": f"cat {self.marker(key or path)}",
+            **({"stamp": files_stamp(tuple(roots))} if roots else {}),
         })
 
     def process(self, output) -> RestoreTargetState:
         sections = parse_sections(output)
-        entries = sections["entries"]
-        restored = sections["restored"]
+        entries, stamp = sections["entries"], sections.get("stamp")
+        restored, recorded = parse_mark(sections["restored"].text if sections["restored"].ok else None)
         return RestoreTargetState(
             entries=int(entries.text.strip() or 0) if entries.ok else 0,
-            restored=restored.text.strip() if restored.ok else None,
+            restored=restored,
+            stamp=recorded,
+            stamp_now=stamp.text.strip() if stamp is not None and stamp.ok else None,
         )
 
 
@@ -462,6 +467,13 @@ class RestoreTarget(FactBase):
 class RestoreTargetState(JsonFact):
     entries: int
     restored: str | None
+    stamp: str | None = None  # the restored files as the last restore left them
+    stamp_now: str | None = None  # ... and as they are now
+
+    @property
+    def unchanged(self) -> bool:
+        """The restored files are as the last restore left them."""
+        return self.stamp is not None and self.stamp == self.stamp_now
 
 
 def servers_of(plan: list[PlannedJob]) -> Mapping[str, Server]:

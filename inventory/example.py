@@ -1,4 +1,4 @@
-"""The seed guide's fleet: three NixOS hosts backing up to one repo server.
+"""An example fleet: three NixOS hosts backing up to one repo server.
 
     pyinfra -y inventory/example.py deploys/backup_server.py
     pyinfra -y inventory/example.py deploys/backup.py

@@ -42,6 +42,7 @@ from pyinfra_backup.ping import ping
 from pyinfra_backup.prune import to_prune
 from pyinfra_backup.rollback import RollbackError, files_after, quarantine_dir, rollback_point, rollback_script
 from pyinfra_backup.records import check_command, create_command, record_attempt
+from pyinfra_backup.restore_mark import restored_roots, write_mark
 from pyinfra_backup.schedule import Schedule
 from pyinfra_backup.shell import atomic_write, sh_join, with_env
 from pyinfra_backup.sshd import (
@@ -679,8 +680,9 @@ def archive_to_restore(job: str, archive: str = "latest"):
 @host_operation
 def restore(job: str, target: str, archive: str = "latest", overwrite: bool = False, paths: list[str] | None = None):
     """Extract an archive of the job (default: its latest) into `target`, with owners and modes.
-    Refuses a non-empty target unless `overwrite=True`. Restoring the same archive (and paths)
-    into the same target again changes nothing.
+    Refuses a non-empty target unless `overwrite=True`. Restoring the same archive (and paths) into the
+    same target again changes nothing while the restored files are as it left them; one changed since
+    (e.g. broken again after an in-place restore) is restored again.
 
     + job: the job (`borgbackup.jobs.<job>`)
     + target: absolute directory; archive paths land under it (`target=/` restores in place)
@@ -694,23 +696,18 @@ def restore(job: str, target: str, archive: str = "latest", overwrite: bool = Fa
         raise HostError(f"{host.name}: restore target must be an absolute path, got {target!r}")
     planned, name = archive_to_restore(job, archive)
     paths = archive_paths(paths)
-    key = RestoreTarget.key(target, paths)
-    current = host.get_fact(RestoreTarget, path=target, key=key)
-    if current.entries and current.restored == name:
-        host.noop(f"{job}: {name} already restored into {target}")
+    key, roots = RestoreTarget.key(target, paths), restored_roots(target, paths, planned.job.paths)
+    current = host.get_fact(RestoreTarget, path=target, key=key, roots=roots)
+    if current.entries and current.restored == name and current.unchanged:
+        host.noop(f"{job}: {name} already restored into {target}, its files unchanged since")
         return
     if current.entries and not overwrite:
-        raise HostError(
-            f"{host.name}: restore target {target} is not empty ({current.entries} entries): "
-            "refusing to overwrite; pass overwrite=True to replace its files"
-        )
-    env = borg_env(planned.job, planned.location)
-    run = with_env(env, extract_argv(planned.job, planned.location.url, name, paths))
-    marker = RestoreTarget.marker(key)
-    yield (
-        f"mkdir -p {sh_join([target])} && cd {sh_join([target])} && {run} && "
-        f"mkdir -p {os.path.dirname(marker)} && echo {sh_join([name])} > {marker}"
-    )
+        since = f" (files restored from {name} changed since)" if current.restored == name else ""
+        raise HostError(f"{host.name}: restore target {target} is not empty ({current.entries} entries){since}: "
+                        "refusing to overwrite; pass overwrite=True to replace its files")
+    run = with_env(borg_env(planned.job, planned.location), extract_argv(planned.job, planned.location.url, name, paths))
+    mark = write_mark(RestoreTarget.marker(key), name, roots)
+    yield f"mkdir -p {sh_join([target])} && cd {sh_join([target])} && {run} && {mark}"
 
 
 # --- append-only rollback -------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Every NixOS host of inventory/example.py: the seed guide's `services.borgbackup.jobs.system`.
+"""Every NixOS host of inventory/example.py: their `services.borgbackup.jobs.system`.
 
 The same attrset a NixOS configuration would hold, as JSON (`nix eval --json
 .#nixosConfigurations.desktop.config.services.borgbackup.jobs` gives it), except the

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import shlex
 import subprocess
 import time
 
@@ -237,6 +238,29 @@ def test_restore_latest_reproduces_contents_owners_and_modes(setup):
     assert again.returncode == 0 and "already restored" in again.stdout
 
 
+def test_a_file_restored_in_place_and_broken_again_is_restored_again(setup):
+    """docs/first-fleet.md's step 8, twice: the second restore once said "already restored" (the archive's
+    mark was there) and left the file broken."""
+    fleet = setup["fleet"]
+    original = fleet.run("host02", "cat /srv/data/hello.txt").stdout
+    restore = ("tasks.borg.restore", "job=system", "target=/", "paths=/srv/data/hello.txt", "overwrite=true",
+               "--limit", "host02")
+    for broken in ("oops", "oops again"):
+        fleet.run("host02", f"echo {broken} > /srv/data/hello.txt")
+        run = pyinfra(setup["inventory"], *restore, env=setup["env"])
+        assert run.returncode == 0 and "[host02] Success" in run.stdout, run.stdout
+        assert fleet.run("host02", "cat /srv/data/hello.txt").stdout == original
+    fleet.run("host02", "rm /srv/data/hello.txt")  # gone is broken too
+    gone = pyinfra(setup["inventory"], *restore, env=setup["env"])
+    assert gone.returncode == 0 and fleet.run("host02", "cat /srv/data/hello.txt").stdout == original, gone.stdout
+    again = pyinfra(setup["inventory"], *restore, "-v", env=setup["env"])
+    assert again.returncode == 0 and "already restored" in again.stdout and "] Success" not in again.stdout, again.stdout
+    fleet.run("host02", "echo oops > /srv/data/hello.txt")
+    refused = pyinfra(setup["inventory"], *restore[:4], "--limit", "host02", env=setup["env"])  # no overwrite=true
+    fleet.run("host02", f"printf %s {shlex.quote(original)} > /srv/data/hello.txt")
+    assert refused.returncode != 0 and "changed since" in refused.stdout and "overwrite=True" in refused.stdout
+
+
 def test_failures_stay_with_their_host_and_say_why(setup):
     fleet = setup["fleet"]
     server = fleet.host("backup").address
@@ -346,3 +370,25 @@ def test_a_wrong_operator_identity_says_which_key_which_host_refused_and_where_p
     assert re.search(r"\[host01\] " + said, later), run.stdout
     assert "backup key" not in run.stdout, run.stdout  # it is the operator's key, not the host's, that was refused
     assert len(archives(setup, "host01")) == len(before) + 1  # the host's own key still made its backup
+
+
+def test_a_missing_operator_identity_is_refused_before_any_host_changes(setup):
+    """Once a missing key file hid for days: it showed only when prune had something to delete, as borg's
+    "Connection closed by remote host. Is borg working on the server?"."""
+    fleet, tmp = setup["fleet"], setup["tmp"]
+    missing = tmp / "no_such_ed25519"
+    data = {name: setup["client_data"](name) for name in CLIENTS}
+    data["host01"]["borgbackup"]["operatorIdentity"] = str(missing)
+    inventory = fleet.write_inventory(tmp / "inventory-missing-operator-key.py", {**data, "backup": setup["server_data"]},
+                                      {"clients": CLIENTS, "servers": ["backup"]})
+    hosts = [*CLIENTS, "backup"]
+    before = archives(setup, "host01")  # the operator's borg list: a command on the server, before the count
+    commands = {name: fleet.exec_count(name) for name in hosts}
+    run = pyinfra(inventory, "deploys/backup.py", "--data", "backup_force=true", env=setup["env"])
+    assert run.returncode != 0, run.stdout
+    assert (f"host01: borgbackup.operatorIdentity: prune of job system runs on this machine with {missing}: "
+            "no such file (expected the operator's private key, its public key in backup's borgbackup.operatorKeys)"
+            in run.stdout), run.stdout
+    assert f"invalid host data in {inventory} (" in run.stdout and "pyinfra error in" not in run.stdout, run.stdout
+    assert {name: fleet.exec_count(name) for name in hosts} == commands  # not one remote command
+    assert archives(setup, "host01") == before

@@ -26,6 +26,8 @@ pytestmark = pytest.mark.fleet
 PAGE = PROJECT / "docs" / "first-fleet.md"
 NAMES = {"backup": "backup.lan", "web": "web.lan", "db": "db.lan"}
 STEP = "::first-fleet::"
+CLONE_PLACEHOLDER = "/path/to/pyinfra-backup"  # "write your clone's path"
+CRON_PATH = "/usr/bin:/bin"  # cron's own
 
 
 def page_script(text: str) -> tuple[str, list[str]]:
@@ -46,6 +48,13 @@ def page_script(text: str) -> tuple[str, list[str]]:
             save_as = None
         elif lang == "sh":
             lines += [f"echo {shlex.quote(f'{STEP} {len(headings)} {heading}')}", body.rstrip("\n")]
+            headings.append(heading)
+        elif lang == "crontab":  # each entry's command, as cron runs it: from $HOME, with cron's environment
+            lines.append(f"echo {shlex.quote(f'{STEP} {len(headings)} {heading}')}")
+            for entry in body.splitlines():
+                command = entry.split(None, 5)[5].replace(CLONE_PLACEHOLDER, str(PROJECT))
+                lines.append(f'(cd && env -i HOME="$HOME" LOGNAME=root SHELL=/bin/sh PATH={CRON_PATH} '
+                             f"/bin/sh -c {shlex.quote(command)})")
             headings.append(heading)
     return "\n".join(lines) + "\n", headings
 
@@ -105,6 +114,11 @@ def test_the_first_fleet_page_runs_as_written(fleet_factory, tmp_path):
     assert original_motd and [line for line in shown if line] == [
         line.strip() for line in original_motd.decode().splitlines() if line.strip()], by_title["8"][-2000:]
     assert fleet.path("web", "/etc/motd").read_bytes() == original_motd
+
+    scheduled = by_title["10"]  # the report's line, from cron's environment; the backup run's output went to its log
+    assert scheduled.strip().splitlines()[-1] == "3 hosts, 2 jobs: 2 fresh, 0 due, 0 stale, 0 missing, 0 error: OK", scheduled
+    log = (tmp_path / "home/fleet/backup.log").read_text()
+    assert grand_total(log)[:2] == ["-", "-"], log[-3000:]  # the scheduled run: nothing due, nothing failed
 
     # What the page promised along the way, seen on the hosts themselves.
     for client in ("web", "db"):

@@ -151,6 +151,8 @@ def test_json_lists_every_host_and_job_with_each_status_in_one_round_trip_per_ho
     assert jobs["host03", "rapp"]["original_size"] is None  # no record: no size, still listed
     assert jobs["host01", "rextra"]["last_archive"] is None and jobs["host01", "rextra"]["error"] is None
     assert "wrong passphrase" in jobs["host04", "rvault"]["error"] and "right-pass" not in run.stdout
+    # once `-` after a wrong passphrase, as if no backup existed: the last archive its host recorded
+    assert jobs["host04", "rvault"]["last_archive"].startswith("host04-rvault-"), jobs["host04", "rvault"]
     assert jobs["host05", "rvault"]["last_archive"].startswith("host05-rvault-")
 
     # the last attempt per job (the host's record) and per host (the newest of its jobs')
@@ -203,6 +205,7 @@ def test_table_has_a_row_per_host_and_job(runs):
     assert rows["host01", "rextra"][2:4] == ["-", "-"] and rows["host01", "rextra"][5] == "-"
     attempts = next(line for line in lines if line.startswith("last attempt per host: "))
     assert re.search(r"host01 [456]m ago \(20\d\d-.*\), host02 .*, host03 never, host04 1[01]m ago", attempts), attempts
+    assert rows["host04", "rvault"][2].startswith("host04-rvault-") and rows["host04", "rvault"][4] == "error"
     assert any(line.startswith("host04 rvault: wrong passphrase") for line in lines)
     assert lines[-1] == "6 hosts, 6 jobs: 2 fresh, 1 due, 1 stale, 1 missing, 1 error: NOT OK"
 
