@@ -26,6 +26,7 @@ from pyinfra_backup.borg import (
     BACKUP_KEY, KNOWN_HOSTS, STATE_DIR, Archive, RepoListing, borg_env, list_argv, parse_list,
 )
 from pyinfra_backup import ledger_store
+from pyinfra_backup.escrow import digest_sources, parse_digests
 from pyinfra_backup.enrollment import PlannedJob, Server, plan_jobs, repo_accounts, server_repos
 from pyinfra_backup.metrics import TEXTFILE_NAME
 from pyinfra_backup.records import JobRecords, parse_records, read_sections
@@ -63,6 +64,7 @@ class ClientState:
     known_hosts: str
     records: dict[str, JobRecords] = field(default_factory=dict)
     textfile: str | None = None  # the metrics textfile's content, when monitoring.textfile_dir is set
+    key_digests: dict[str, str] = field(default_factory=dict)  # repo id -> key digest (escrow), as the host sees them
 
 
 def _listing_command(planned: PlannedJob) -> str:
@@ -72,7 +74,7 @@ def _listing_command(planned: PlannedJob) -> str:
     return f"test -f {BACKUP_KEY} || exit {NO_KEY}; {listing}"
 
 
-def _client_sections(plan: list[PlannedJob], textfile: str | None) -> dict[str, str]:
+def _client_sections(plan: list[PlannedJob], textfile: str | None, digests: bool = False) -> dict[str, str]:
     sections = {
         "hostname": ReadFile("/proc/sys/kernel/hostname"),  # = uname -n, without starting a process
         "key": ReadFile(f"{BACKUP_KEY}.pub", only_if=BACKUP_KEY),
@@ -83,6 +85,9 @@ def _client_sections(plan: list[PlannedJob], textfile: str | None) -> dict[str, 
     for planned in plan:
         for key, command in read_sections(planned.job.name).items():
             sections[f"{key}.{planned.job.name}"] = command
+    if digests:  # the escrow's check: each repo key the host can see, digested (pyinfra_backup/escrow.py)
+        commands = dict.fromkeys(filter(None, (digest_sources(p.job, p.server is None) for p in plan)))
+        sections.update({f"keydigests.{index}": command for index, command in enumerate(commands)})
     return sections
 
 
@@ -101,6 +106,9 @@ def _client_state(plan: list[PlannedJob], sections: dict[str, Section]) -> Clien
         })
     if "textfile" in sections and sections["textfile"].ok:
         state.textfile = sections["textfile"].text + "\n"
+    for name, section in sections.items():
+        if name.startswith("keydigests.") and section.ok:
+            state.key_digests.update(parse_digests(section.stdout))
     return state
 
 
@@ -124,9 +132,9 @@ class BorgClient(FactBase):
     key, pinned server keys, each job's records (pyinfra_backup/records.py) and the metrics
     textfile. Example: `host.get_fact(BorgClient, plan=host_plan(host, inventory), textfile=None)`."""
 
-    def command(self, plan: list[PlannedJob], textfile: str | None = None) -> str:
+    def command(self, plan: list[PlannedJob], textfile: str | None = None, digests: bool = False) -> str:
         self.plan = plan
-        return sectioned_script(_client_sections(plan, textfile))
+        return sectioned_script(_client_sections(plan, textfile, digests))
 
     def process(self, output) -> ClientState:
         return _client_state(self.plan, parse_sections(output))
@@ -279,7 +287,8 @@ def client_state(host) -> ClientState:
     cache = _cache(host)
     if "client" not in cache:
         plan = host_plan(host, context.state.inventory)
-        cache["client"] = host.get_fact(BorgClient, plan=plan, textfile=textfile_path(host))
+        cache["client"] = host.get_fact(BorgClient, plan=plan, textfile=textfile_path(host),
+                                        digests=bool(escrow_recipients(host)))
         cache.setdefault("client at start", cache["client"])
     return cache["client"]
 
@@ -330,6 +339,11 @@ def has_backup_key(host) -> bool | None:
     """Whether this run's view of the client has its backup key; None when it could not be read."""
     client = _cache(host).get("client")
     return None if client is None else client.key is not None
+
+
+def escrow_recipients(host) -> list:
+    """`borgbackup.escrow.recipients` of the host: with them, its fact read shows its repo keys' digests."""
+    return list(((host.data.get("borgbackup") or {}).get("escrow") or {}).get("recipients") or ())
 
 
 def textfile_path(host) -> str | None:

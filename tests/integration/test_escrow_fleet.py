@@ -1,0 +1,148 @@
+"""Key and passphrase escrow on the fleet (issue 18): nothing unrecoverable after a host is lost whole.
+
+A keyfile-mode client (`kf01`) and a repokey client (`rk01`) back up to `backup` with
+`borgbackup.escrow.recipients` set: each job's key export and passphrase land age-encrypted on the
+operator's machine. Then both hosts are reinstalled in place (same SSH host key; `/root/.config/borg`,
+`/root/.cache/borg` and the data gone): kf01 gets its passphrase file back, rk01 does not. One
+`deploys/recover.py --limit HOST` run each, with only `borgbackup.escrow.identities` added, brings the data
+back; kf01's next backup run works with the key the recover run imported; `borg check` is clean."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import subprocess
+
+import pyrage
+import pytest
+
+from tests.fleet import Fleet
+from tests.integration.helpers import DATA_SETUP, borg_job, operator_borg, pyinfra, tree
+
+pytestmark = pytest.mark.fleet
+
+KEYFILE, REPOKEY, SERVER = "kf01", "rk01", "backup"
+LOST = "rm -rf /root/.config/borg /root/.cache/borg /srv/data"  # a reinstall: borg's key and cache gone, data gone
+
+
+def _age_identity(path) -> str:
+    identity = pyrage.x25519.Identity.generate()
+    path.write_text(str(identity) + "\n")
+    path.chmod(0o600)
+    return str(identity.to_public())
+
+
+@pytest.fixture(scope="module")
+def escrowed(_fleet_session, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("escrow")
+    with Fleet() as fleet:
+        fleet.up([KEYFILE, REPOKEY, SERVER])
+        yield _scenario(fleet, tmp)
+
+
+def _scenario(fleet, tmp) -> dict:
+    op_key = tmp / "operator_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(op_key)], check=True)
+    recipient = _age_identity(tmp / "escrow-identity.txt")
+    passes = {KEYFILE: "pp-kf-" + os.urandom(12).hex(), REPOKEY: "pp-rk-" + os.urandom(12).hex()}
+    for name, passphrase in passes.items():
+        fleet.run(name, f"export PASS={passphrase}\n" + DATA_SETUP)
+    escrow = {"recipients": [recipient]}
+    mode = {KEYFILE: "keyfile-blake2", REPOKEY: "repokey-blake2"}
+    clients = {name: {"borgbackup": {"jobs": {"system": borg_job(SERVER, encryption={
+        "mode": mode[name], "passCommand": "cat /root/borg-pass"})}, "operatorIdentity": str(op_key), "escrow": escrow}}
+        for name in passes}
+    server = {"borgbackup": {"repos": {}, "operatorKeys": [op_key.with_suffix(".pub").read_text().strip()]}}
+    data = {**clients, SERVER: server}
+    env = {"BORG_BASE_DIR": str(tmp / "operator-borg")}
+    inventory = fleet.write_inventory(tmp / "inventory.py", data)
+    runs = {"server": pyinfra(inventory, "deploys/backup_server.py", env=env),
+            "backup": pyinfra(inventory, "deploys/backup.py", env=env)}
+    before = {name: tree(fleet, name, "/srv/data") for name in passes}
+    keyfile = fleet.run(KEYFILE, "cat /root/.config/borg/keys/*").stdout
+    counts = {name: fleet.exec_count(name) for name in passes}
+    runs["noop"] = pyinfra(inventory, "deploys/backup.py", env=env)
+    noop_commands = {name: fleet.exec_count(name) - counts[name] for name in passes}
+    fleet.run(KEYFILE, LOST)
+    fleet.run(REPOKEY, LOST + " /root/borg-pass")
+    recovery = {**data, **{name: {**clients[name], "borgbackup": {**clients[name]["borgbackup"], "escrow": {
+        **escrow, "identities": [str(tmp / "escrow-identity.txt")]}}} for name in passes}}
+    recover_inventory = fleet.write_inventory(tmp / "inventory-recover.py", recovery)
+    runs["recover without identities"] = pyinfra(inventory, "deploys/recover.py", "--limit", KEYFILE, env=env)
+    for name in passes:
+        runs[f"recover {name}"] = pyinfra(recover_inventory, "deploys/recover.py", "--limit", name, env=env)
+    runs["after"] = pyinfra(inventory, "deploys/backup.py", "--limit", KEYFILE, "--data", "backup_force=true", env=env)
+    for name, run in runs.items():  # for whoever reads a failure
+        (tmp / f"run-{name.replace(' ', '-')}.log").write_text(run.stdout)
+    return {"fleet": fleet, "tmp": tmp, "env": env, "runs": runs, "before": before, "keyfile": keyfile,
+            "passes": passes, "noop_commands": noop_commands, "state": tmp / "operator-borg-state" / "escrow",
+            "op_key": op_key}
+
+
+def test_backup_runs_escrow_every_key_and_passphrase(escrowed):
+    backup = escrowed["runs"]["backup"]
+    assert backup.returncode == 0, backup.stdout
+    assert backup.stdout.count("and passphrase escrowed to 1 recipient(s)") == 2, backup.stdout
+    for name in (KEYFILE, REPOKEY):
+        directory = escrowed["state"] / name
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+        for kind in ("key.age", "pass.age", "json"):
+            assert stat.S_IMODE((directory / f"system.{kind}").stat().st_mode) == 0o600, kind
+    identity = pyrage.x25519.Identity.from_str((escrowed["tmp"] / "escrow-identity.txt").read_text().strip())
+    export = pyrage.decrypt((escrowed["state"] / KEYFILE / "system.key.age").read_bytes(), [identity]).decode()
+    assert export.split() == escrowed["keyfile"].split()  # the key file kf01 had, whole
+    for name, passphrase in escrowed["passes"].items():
+        assert pyrage.decrypt((escrowed["state"] / name / "system.pass.age").read_bytes(), [identity]) == passphrase.encode()
+
+
+def test_no_plaintext_in_the_escrow_nor_in_pyinfra_output_and_no_other_identity_decrypts(escrowed):
+    secrets = [line.encode() for line in escrowed["keyfile"].split()[2:] if len(line) > 20]
+    secrets += [passphrase.encode() for passphrase in escrowed["passes"].values()]
+    assert len(secrets) > 3
+    files = [path for path in escrowed["state"].rglob("*") if path.is_file()]
+    for path in files:
+        content = path.read_bytes()
+        assert not any(secret in content for secret in secrets), path
+    output = "".join(run.stdout for run in escrowed["runs"].values()).encode()
+    assert not any(secret in output for secret in secrets)
+    other = pyrage.x25519.Identity.generate()
+    for path in (p for p in files if p.suffix == ".age"):
+        with pytest.raises(pyrage.DecryptError):
+            pyrage.decrypt(path.read_bytes(), [other])
+
+
+def test_a_no_op_run_costs_one_command_per_client_with_escrow(escrowed):
+    noop = escrowed["runs"]["noop"]
+    assert noop.returncode == 0, noop.stdout
+    assert escrowed["noop_commands"] == {KEYFILE: 1, REPOKEY: 1}, noop.stdout
+    assert "escrow" not in noop.stdout and "] Success" not in noop.stdout, noop.stdout
+    assert re.search(rf"\[{KEYFILE}\]\s+No changes", noop.stdout) and re.search(rf"\[{REPOKEY}\]\s+No changes", noop.stdout)
+
+
+def test_without_the_escrow_identities_recovery_says_what_is_missing_and_changes_nothing(escrowed):
+    run = escrowed["runs"]["recover without identities"]
+    assert run.returncode != 0
+    assert "borgbackup.escrow.identities: needed to decrypt" in run.stdout, run.stdout
+
+
+def test_keyfile_host_lost_whole_comes_back_with_one_recover_run(escrowed):
+    fleet, run = escrowed["fleet"], escrowed["runs"][f"recover {KEYFILE}"]
+    assert run.returncode == 0, run.stdout
+    assert "escrowed key imported on the host" in run.stdout
+    assert tree(fleet, KEYFILE, "/srv/data") == escrowed["before"][KEYFILE]
+    after = escrowed["runs"]["after"]  # the host's own borg, with the imported key: a new archive
+    assert after.returncode == 0 and re.search(rf"\[{KEYFILE}\]\s+Success", after.stdout), after.stdout
+    assert operator_borg(_setup(escrowed), KEYFILE, "check", "{repo}").returncode == 0
+
+
+def test_repokey_host_without_its_passphrase_recovers_from_the_passphrase_escrow(escrowed):
+    fleet, run = escrowed["fleet"], escrowed["runs"][f"recover {REPOKEY}"]
+    assert run.returncode == 0, run.stdout
+    assert fleet.run(REPOKEY, "test -e /root/borg-pass", check=False).returncode != 0  # really recovered without it
+    assert tree(fleet, REPOKEY, "/srv/data") == escrowed["before"][REPOKEY]
+    assert operator_borg(_setup(escrowed), REPOKEY, "check", "{repo}").returncode == 0
+
+
+def _setup(escrowed) -> dict:
+    return {"fleet": escrowed["fleet"], "op_key": escrowed["op_key"], "env": escrowed["env"], "pass": escrowed["passes"]}
