@@ -151,6 +151,7 @@ class Env:
     job: dict = field(default_factory=dict)
     inventory: Path | None = None
     template: str = ""
+    escrow: list[str] = field(default_factory=list)  # borgbackup.escrow.recipients of every client (--escrow)
 
     @property
     def pyinfra_env(self) -> dict:
@@ -163,7 +164,8 @@ class Env:
                 "PYTHONPYCACHEPREFIX": str(self.work / "pycache")}
 
     def host_data(self) -> dict:
-        common = {"borgbackup": {"jobs": {JOB: self.job}, "operatorIdentity": str(self.op_key)}}
+        common = {"borgbackup": {"jobs": {JOB: self.job}, "operatorIdentity": str(self.op_key),
+                                 **({"escrow": {"recipients": self.escrow}} if self.escrow else {})}}
         data = {name: common for name in self.clients}
         data[SERVER] = {"borgbackup": {"repos": {}, "operatorKeys": [self.op_key.with_suffix(".pub").read_text().strip()]}}
         return data
@@ -425,6 +427,9 @@ def bench_cd(args, work: Path, op_key: Path, results: dict) -> None:
     passphrase = "bench-" + secrets.token_hex(12)
     try:
         env = Env(fleet, work, op_key)
+        if args.escrow:  # every key and passphrase escrowed: the no-op run's check of the key digest is measured
+            import pyrage
+            env.escrow = [str(pyrage.x25519.Identity.generate().to_public())]
         # archiveBaseName is the same on every client (each has its own repo): a cloned repo's
         # archive is then the clone's own.
         env.job = {
@@ -450,6 +455,7 @@ def bench_cd(args, work: Path, op_key: Path, results: dict) -> None:
                 template, clones = new[0], new[1:]
                 env.clients = [template]
                 env.write_inventory("inventory-template.py")
+                env.pyinfra("deploys/backup_server.py")  # the operator's key first: backup.py checks it up front
                 sample, _ = env.pyinfra("deploys/backup.py")
                 log(f"  {template} enrolled and backed up by the deploy: {sample.wall:.1f}s")
                 env.template = template
@@ -466,6 +472,8 @@ def bench_cd(args, work: Path, op_key: Path, results: dict) -> None:
             sample, _ = env.pyinfra("deploys/backup_server.py", parallel=hosts)
             log(f"  clones authorised on {SERVER} (deploys/backup_server.py): {sample.wall:.1f}s")
 
+            if args.escrow:  # the clones' keys and passphrases escrowed first (the template's were at enrollment)
+                env.pyinfra("deploys/backup.py", parallel=hosts)
             # The verification run is also the warm-up, and the one whose remote commands we count.
             before = env.exec_counts()
             verify, proc = env.pyinfra("deploys/backup.py", "-v", parallel=hosts)
@@ -602,6 +610,7 @@ def parse_args(argv=None):
     p.add_argument("--mb-large", type=int, default=None, help="MB per client for the larger (b) (300; 0: not run; --quick 0)")
     p.add_argument("--output", default=str(RESULTS))
     p.add_argument("--head", action="store_true", help="benchmark a copy of the committed HEAD, not the working tree")
+    p.add_argument("--escrow", action="store_true", help="(c)/(d): every client with borgbackup.escrow.recipients")
     args = p.parse_args(argv)
     args.files = args.files or (1000 if args.quick else 3000)
     args.mb = args.mb or (10 if args.quick else 30)

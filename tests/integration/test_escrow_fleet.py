@@ -9,6 +9,7 @@ back; kf01's next backup run works with the key the recover run imported; `borg 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -17,8 +18,9 @@ import subprocess
 import pyrage
 import pytest
 
+from pyinfra_backup.sheet import paper_key
 from tests.fleet import Fleet
-from tests.integration.helpers import DATA_SETUP, borg_job, operator_borg, pyinfra, tree
+from tests.integration.helpers import DATA_SETUP, PROJECT, borg_job, operator_borg, pyinfra, tree
 
 pytestmark = pytest.mark.fleet
 
@@ -146,3 +148,26 @@ def test_repokey_host_without_its_passphrase_recovers_from_the_passphrase_escrow
 
 def _setup(escrowed) -> dict:
     return {"fleet": escrowed["fleet"], "op_key": escrowed["op_key"], "env": escrowed["env"], "pass": escrowed["passes"]}
+
+
+def test_the_recovery_sheet_names_every_repo_key_and_prints_paper_keys_with_the_identity(escrowed):
+    env = {**os.environ, "PYINFRA_BACKUP_STATE": str(escrowed["state"].parent)}
+    argv = [str(PROJECT / ".venv/bin/python"), "-m", "cli.sheet", str(escrowed["tmp"] / "inventory.py")]
+    sheet = subprocess.run(argv, cwd=PROJECT, env=env, capture_output=True, text=True)
+    assert sheet.returncode == 0, sheet.stderr
+    recipient = pyrage.x25519.Identity.from_str((escrowed["tmp"] / "escrow-identity.txt").read_text().strip()).to_public()
+    assert f"{recipient}  (kf01, rk01)" in sheet.stdout and str(escrowed["state"]) in sheet.stdout
+    for name in (KEYFILE, REPOKEY):
+        kept = json.loads((escrowed["state"] / name / "system.json").read_text())
+        assert re.search(rf"{name}\s+system\s+\S+\s+{kept['repo_id'][:16]}\s+{kept['key_digest'][:16]}\s+\S+ \+ passphrase",
+                         sheet.stdout), sheet.stdout
+    assert "deploys/recover.py --limit HOST" in sheet.stdout and "BORG PAPER KEY" not in sheet.stdout
+    paper = subprocess.run([*argv, "--paper", "--identity", str(escrowed["tmp"] / "escrow-identity.txt")],
+                           cwd=PROJECT, env=env, capture_output=True, text=True)
+    assert paper.returncode == 0 and paper.stdout.count("BORG PAPER KEY v1") == 2, paper.stderr
+    assert paper_key(escrowed["keyfile"]) in paper.stdout  # kf01's key file as it was, in borg's paper format
+    stranger = escrowed["tmp"] / "stranger.txt"
+    _age_identity(stranger)
+    refused = subprocess.run([*argv, "--paper", "--identity", str(stranger)], cwd=PROJECT, env=env,
+                             capture_output=True, text=True)
+    assert refused.returncode == 1 and "does not decrypt with" in refused.stderr and not refused.stdout

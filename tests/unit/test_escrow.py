@@ -65,3 +65,22 @@ def test_when_the_escrow_is_renewed():
     assert needs_escrow(kept, "sha256:other", {"ab": "d1"}, True, True, False) == "the escrow recipients changed"
     assert needs_escrow(kept, "sha256:r", {}, False, True, False) is None  # a repokey repo on a server: not visible
     assert needs_escrow(kept, "sha256:r", {"ab": "d1"}, True, False, True).startswith("the repo may be new")
+
+
+def test_the_paper_key_is_borgs_own(tmp_path, borg_env):
+    from pyinfra_backup.sheet import paper_key
+
+    for mode in ("keyfile-blake2", "repokey"):
+        repo = str(tmp_path / mode)
+        _borg(borg_env, "init", "-e", mode, repo)
+        export = _borg(borg_env, "key", "export", repo, "-")
+        assert paper_key(export) == _borg(borg_env, "key", "export", "--paper", repo, "-")
+
+
+def test_yubikey_serials_from_an_age_plugin_yubikey_identity_file():
+    from pyinfra_backup.sheet import yubikey_serials
+
+    text = ("#       Serial: 18765432, Slot: 1\n#         Name: age identity 1a2b3c4d\n"
+            "#    Recipient: age1yubikey1q...\nAGE-PLUGIN-YUBIKEY-1XYZ\n")
+    assert yubikey_serials(text) == ["18765432 (slot 1)"]
+    assert yubikey_serials("AGE-SECRET-KEY-1ABC\n") == []
