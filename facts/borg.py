@@ -26,7 +26,7 @@ from pyinfra_backup.borg import (
     BACKUP_KEY, KNOWN_HOSTS, STATE_DIR, Archive, RepoListing, borg_env, list_argv, parse_list,
 )
 from pyinfra_backup import ledger_store
-from pyinfra_backup.escrow import digest_sources, parse_digests
+from pyinfra_backup.escrow import digest_sources, is_keyfile, parse_config_digests, parse_digests, repo_config_digest_command
 from pyinfra_backup.enrollment import PlannedJob, Server, plan_jobs, repo_accounts, server_repos
 from pyinfra_backup.metrics import TEXTFILE_NAME
 from pyinfra_backup.records import JobRecords, parse_records, read_sections
@@ -224,13 +224,15 @@ class ServerState:
     authorized_keys: dict[str, str]  # user -> file content
     sshd_dropins: dict[str, str] = field(default_factory=dict)  # user -> our sshd drop-in's content
     sshd_config: str | None = None  # the main sshd_config (does it include the drop-ins?)
+    key_digests: dict[str, tuple[str, str]] = field(default_factory=dict)  # repo path -> (repo id, key digest): escrow
 
 
 class BorgServer(FactBase):
     """A repo server: SSH host keys, the repo users and groups, repo directories and each
     user's authorized_keys. Example: `host.get_fact(BorgServer, users=["borg"], paths=[...])`."""
 
-    def command(self, users: list[str], groups: list[str], paths: list[str]) -> str:
+    def command(self, users: list[str], groups: list[str], paths: list[str], digests: tuple[str, ...] = ()) -> str:
+        """`digests`: repo paths whose key digest the escrow compares (repokey repos of clients with escrow)."""
         sections = {"hostkeys": SshHostKeys().command(), "groups": sh_join(["getent", "group", *groups])}
         for user in users:
             sections[f"user.{user}"] = sh_join(["getent", "passwd", user])
@@ -239,6 +241,8 @@ class BorgServer(FactBase):
         sections["sshd_config"] = ReadFile(SSHD_CONFIG)
         if paths:
             sections["dirs"] = sh_join(["stat", "-c", "%U:%G:%a:%n", *paths])
+        if digests:
+            sections["keydigests"] = repo_config_digest_command(*digests)
         return sectioned_script(sections)
 
     def process(self, output) -> ServerState:
@@ -265,6 +269,7 @@ class BorgServer(FactBase):
             sshd_dropins={name.split(".", 1)[1]: "".join(line + "\n" for line in section.stdout)
                           for name, section in sections.items() if name.startswith("sshd.") and section.ok},
             sshd_config=sections["sshd_config"].text if sections.get("sshd_config") and sections["sshd_config"].ok else None,
+            key_digests=parse_config_digests(sections["keydigests"].stdout) if "keydigests" in sections else {},
         )
 
 
@@ -356,8 +361,30 @@ def server_state(host, users: list[str], groups: list[str], paths: list[str]) ->
     """This run's view of a repo server, read once until `forget(host)`."""
     cache = _cache(host)
     if "server" not in cache:
-        cache["server"] = host.get_fact(BorgServer, users=users, groups=groups, paths=paths)
+        cache["server"] = host.get_fact(BorgServer, users=users, groups=groups, paths=paths,
+                                        digests=escrowed_repokey_paths(host))
     return cache["server"]
+
+
+def escrowed_repokey_paths(server_host) -> tuple[str, ...]:
+    """The server's repo paths whose key only the server sees (repokey modes) and whose client keeps an escrow."""
+    inventory = context.state.inventory
+    server = fleet_servers(inventory).get(server_host.name)
+    paths = set()
+    for client in enrolled_clients(server, inventory) if server else ():
+        if escrow_recipients(client):
+            paths.update(server.repo_for(client.name)["path"] for p in host_plan(client, inventory)
+                         if p.server is not None and p.server.name == server.name and p.job.mode != "none"
+                         and not is_keyfile(p.job.mode))
+    return tuple(sorted(paths))
+
+
+def server_key_digests(planned: PlannedJob, client_name: str) -> dict[str, str] | None:
+    """{repo id: key digest} of the job's repo as its server's read of this run saw it; None when it was not read."""
+    server_host = context.state.inventory.get_host(planned.server.name) if planned.server else None
+    server = _cache(server_host).get("server") if server_host is not None else None
+    found = server.key_digests.get(planned.server.repo_for(client_name)["path"]) if server else None
+    return dict([found]) if found else None
 
 
 def forget(host) -> None:

@@ -67,12 +67,27 @@ def keyfile_digests_command(directory: str) -> str:
             f'[ "$magic" = BORG_KEY ] || continue; printf "%s %s\\n" "$id" "$(tail -n +2 "$f" | {_DIGEST})"; done; true')
 
 
-def repo_config_digest_command(repo: str) -> str:
-    """`<repo id> <key digest>` of a repokey repo's own config (a local repo path), nothing without a key."""
-    config = sh_join([repo.rstrip("/") + "/config"])
-    blob = "awk '/^key = /{k=1; sub(/^key = /, \"\"); print; next} k && /^[ \\t]/{print; next} {k=0}'"
-    return (f"[ -f {config} ] || exit 0; id=$(sed -n 's/^id = //p' {config}); key=$({blob} {config}); "
-            f'[ -n "$key" ] && printf "%s %s\\n" "$id" "$(printf "%s" "$key" | {_DIGEST})"; true')
+_CONFIG_KEY = ("awk '/^id = /{id=$3} /^key = /{k=1; sub(/^key = /, \"\"); gsub(/[ \\t\\r]/, \"\"); key=key $0; next} "
+               "k && /^[ \\t]/{gsub(/[ \\t\\r]/, \"\"); key=key $0; next} {k=0} END{print id; printf \"%s\", key}'")
+
+
+def repo_config_digest_command(*repos: str) -> str:
+    """`<config> <repo id> <key digest>` of each repokey repo's own config (repo paths on this machine; nothing
+    for a repo without a config or a key): one awk and one sha256sum per repo."""
+    configs = sh_join([repo.rstrip("/") + "/config" for repo in repos])
+    return (f'for config in {configs}; do [ -f "$config" ] || continue; {_CONFIG_KEY} "$config" | '
+            '{ read -r id; d=$(sha256sum); [ "${d%% *}" = "$EMPTY" ] || printf "%s %s %s\\n" "$config" "$id" "${d%% *}"; }; '
+            'done; true').replace("$EMPTY", hashlib.sha256(b"").hexdigest())
+
+
+def parse_config_digests(lines: list[str]) -> dict[str, tuple[str, str]]:
+    """{repo path: (repo id, key digest)} from `repo_config_digest_command`."""
+    found = {}
+    for line in lines:
+        words = line.rsplit(" ", 2)
+        if len(words) == 3 and words[0].endswith("/config"):
+            found[words[0][: -len("/config")]] = (words[1], words[2])
+    return found
 
 
 def parse_digests(lines: list[str]) -> dict[str, str]:
@@ -80,8 +95,8 @@ def parse_digests(lines: list[str]) -> dict[str, str]:
     found = {}
     for line in lines:
         words = line.split()
-        if len(words) == 2:
-            found[words[0]] = words[1]
+        if len(words) >= 2:
+            found[words[-2]] = words[-1]
     return found
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, StringCommand
 
-from facts.borg import client_at_start, client_state, forget
+from facts.borg import client_at_start, client_state, forget, server_key_digests
 from pyinfra_backup import escrow_store
 from pyinfra_backup.age import recipient_set_hash
 from pyinfra_backup.borg import borg_env
@@ -70,8 +70,9 @@ def keep(job: str):
         host.noop(f"{job}: nothing to escrow (no borgbackup.escrow.recipients, unencrypted, or failed earlier)")
         return
     kept, start = _kept(job), client_at_start(host)
-    why = needs_escrow(kept, recipient_set_hash(recipients), start.key_digests,
-                       digest_sources(planned.job, planned.server is None) is not None,
+    seen = start.key_digests if is_keyfile(planned.job.mode) else server_key_digests(planned, host.name)
+    visible = digest_sources(planned.job, planned.server is None) is not None or seen is not None
+    why = needs_escrow(kept, recipient_set_hash(recipients), seen or start.key_digests, visible,
                        bool(start.records[job].last_archive), job in _created())
     if why is None:
         host.noop(f"{job}: escrow current" + (f" (key digest {kept.key_digest[:12]})" if kept else " (no repo yet)"))

@@ -63,9 +63,16 @@ def _scenario(fleet, tmp) -> dict:
             "backup": pyinfra(inventory, "deploys/backup.py", env=env)}
     before = {name: tree(fleet, name, "/srv/data") for name in passes}
     keyfile = fleet.run(KEYFILE, "cat /root/.config/borg/keys/*").stdout
-    counts = {name: fleet.exec_count(name) for name in passes}
+    counts = {name: fleet.exec_count(name) for name in [*passes, SERVER]}
     runs["noop"] = pyinfra(inventory, "deploys/backup.py", env=env)
-    noop_commands = {name: fleet.exec_count(name) - counts[name] for name in passes}
+    noop_commands = {name: fleet.exec_count(name) - counts[name] for name in [*passes, SERVER]}
+    # rk01's key changes on the server (a new passphrase): the next run sees another digest and escrows again.
+    old_pass, passes[REPOKEY] = passes[REPOKEY], "pp-rk-new-" + os.urandom(12).hex()
+    setup = {"fleet": fleet, "op_key": op_key, "env": {**env, "BORG_NEW_PASSPHRASE": passes[REPOKEY]},
+             "pass": {REPOKEY: old_pass}}
+    operator_borg(setup, REPOKEY, "key", "change-passphrase", "{repo}")
+    fleet.run(REPOKEY, f"printf %s {passes[REPOKEY]} > /root/borg-pass")
+    runs["key changed"] = pyinfra(inventory, "deploys/backup.py", env=env)
     fleet.run(KEYFILE, LOST)
     fleet.run(REPOKEY, LOST + " /root/borg-pass")
     recovery = {**data, **{name: {**clients[name], "borgbackup": {**clients[name]["borgbackup"], "escrow": {
@@ -117,7 +124,7 @@ def test_no_plaintext_in_the_escrow_nor_in_pyinfra_output_and_no_other_identity_
 def test_a_no_op_run_costs_one_command_per_client_with_escrow(escrowed):
     noop = escrowed["runs"]["noop"]
     assert noop.returncode == 0, noop.stdout
-    assert escrowed["noop_commands"] == {KEYFILE: 1, REPOKEY: 1}, noop.stdout
+    assert escrowed["noop_commands"] == {KEYFILE: 1, REPOKEY: 1, SERVER: 1}, noop.stdout
     assert "escrow" not in noop.stdout and "] Success" not in noop.stdout, noop.stdout
     assert re.search(rf"\[{KEYFILE}\]\s+No changes", noop.stdout) and re.search(rf"\[{REPOKEY}\]\s+No changes", noop.stdout)
 
@@ -126,6 +133,16 @@ def test_without_the_escrow_identities_recovery_says_what_is_missing_and_changes
     run = escrowed["runs"]["recover without identities"]
     assert run.returncode != 0
     assert "borgbackup.escrow.identities: needed to decrypt" in run.stdout, run.stdout
+
+
+def test_a_changed_repokey_key_is_seen_in_the_servers_read_and_escrowed_again(escrowed):
+    run, directory = escrowed["runs"]["key changed"], escrowed["state"] / REPOKEY
+    assert run.returncode == 0 and f"[{REPOKEY}] system: escrow: the repo's key changed" in " ".join(run.stdout.split()), run.stdout
+    identity = pyrage.x25519.Identity.from_str((escrowed["tmp"] / "escrow-identity.txt").read_text().strip())
+    assert pyrage.decrypt((directory / "system.pass.age").read_bytes(), [identity]) == escrowed["passes"][REPOKEY].encode()
+    [aside] = (directory / "replaced").iterdir()  # the escrow it replaced, kept
+    assert sorted(path.name for path in aside.iterdir()) == ["system.json", "system.key.age", "system.pass.age"]
+    assert f"{KEYFILE}] system: escrow" not in run.stdout  # kf01's key did not change
 
 
 def test_keyfile_host_lost_whole_comes_back_with_one_recover_run(escrowed):

@@ -84,3 +84,15 @@ def test_yubikey_serials_from_an_age_plugin_yubikey_identity_file():
             "#    Recipient: age1yubikey1q...\nAGE-PLUGIN-YUBIKEY-1XYZ\n")
     assert yubikey_serials(text) == ["18765432 (slot 1)"]
     assert yubikey_serials("AGE-SECRET-KEY-1ABC\n") == []
+
+
+def test_a_servers_repos_in_one_command(tmp_path, borg_env):
+    from pyinfra_backup.escrow import parse_config_digests
+
+    exports = {}
+    for name in ("host01", "host 02"):
+        _borg(borg_env, "init", "-e", "repokey-blake2", str(tmp_path / name))
+        exports[str(tmp_path / name)] = _borg(borg_env, "key", "export", str(tmp_path / name), "-")
+    _borg(borg_env, "init", "-e", "none", str(tmp_path / "plain"))
+    lines = _sh(repo_config_digest_command(*exports, str(tmp_path / "plain"), str(tmp_path / "absent")))
+    assert parse_config_digests(lines) == {path: (repo_id_of(e), key_digest(e)) for path, e in exports.items()}
