@@ -48,7 +48,22 @@ def _escrow(state, host, planned, recipients) -> bool:  # noqa: F811 (pyinfra pa
     host.log_styled(f"{job.name}: key of repo {kept.repo_id[:12]} (digest {kept.key_digest[:12]})"
                     f"{' and passphrase' if secret else ''} escrowed to {len(recipients)} recipient(s) in "
                     f"{escrow_store.escrow_dir(host.name)}", log_func=logger.info)
+    if is_keyfile(job.mode) and planned.server is not None and not operator.operator_has_key(kept.repo_id):
+        _give_operator(host, planned, (key.text + "\n").encode())
     return True
+
+
+def _give_operator(host, planned, export: bytes) -> None:
+    """The operator's borg prunes and lists a keyfile-mode fleet repo too: it gets the key while it is in memory
+    here. A failure is said, the escrow stands (a recovery imports the key from it)."""
+    try:
+        operator.import_key(planned, operator.location(host, planned), export)
+    except operator.OperatorError as error:
+        host.log_styled(f"{host.name}: job {planned.job.name}: the operator's borg has no key file for the repo: "
+                        f"{error}", fg="yellow", log_func=logger.warning)
+        return
+    host.log_styled(f"{planned.job.name}: key imported into the operator's borg (keyfile mode: its prune needs it)",
+                    log_func=logger.info)
 
 
 @host_operation

@@ -101,6 +101,10 @@ def _operator_has_key(repo_id: str) -> bool:
     return False
 
 
+def operator_has_key(repo_id: str) -> bool:
+    return _operator_has_key(repo_id)
+
+
 def ensure_key(host, planned: PlannedJob, where: Location) -> None:
     """Before the operator's first borg call of a keyfile-mode job: import the escrowed key (`borg key
     import`, on stdin) when this machine has none for the repo. Nothing without an escrow or identities."""
@@ -114,6 +118,11 @@ def ensure_key(host, planned: PlannedJob, where: Location) -> None:
     if export is None:
         raise OperatorError(f"job {planned.job.name}: this machine has no key file for repo {kept.repo_id[:12]} "
                             "(keyfile mode): give borgbackup.escrow.identities to import the escrowed one")
+    import_key(planned, where, export)
+
+
+def import_key(planned: PlannedJob, where: Location, export: bytes) -> None:
+    """`borg key import REPO -` here, the key export on stdin: a keyfile-mode repo for the operator's borg."""
     with ssh_logged(where) as (logged, ssh_said):
         proc = popen_borg(planned, logged, ["borg", *planned.job.extra_args, "key", "import", where.url, "-"], b"",
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 
@@ -52,9 +53,10 @@ def _scenario(fleet, tmp) -> dict:
         fleet.run(name, f"export PASS={passphrase}\n" + DATA_SETUP)
     escrow = {"recipients": [recipient]}
     mode = {KEYFILE: "keyfile-blake2", REPOKEY: "repokey-blake2"}
+    prune = {KEYFILE: {"prune": {"keep": {"daily": 3}}}, REPOKEY: {}}  # kf01's prune: the operator's borg needs the key
     clients = {name: {"borgbackup": {"jobs": {"system": borg_job(SERVER, encryption={
-        "mode": mode[name], "passCommand": "cat /root/borg-pass"})}, "operatorIdentity": str(op_key), "escrow": escrow}}
-        for name in passes}
+        "mode": mode[name], "passCommand": "cat /root/borg-pass"}, **prune[name])}, "operatorIdentity": str(op_key),
+        "escrow": escrow}} for name in passes}
     server = {"borgbackup": {"repos": {}, "operatorKeys": [op_key.with_suffix(".pub").read_text().strip()]}}
     data = {**clients, SERVER: server}
     env = {"BORG_BASE_DIR": str(tmp / "operator-borg")}
@@ -73,6 +75,7 @@ def _scenario(fleet, tmp) -> dict:
     operator_borg(setup, REPOKEY, "key", "change-passphrase", "{repo}")
     fleet.run(REPOKEY, f"printf %s {passes[REPOKEY]} > /root/borg-pass")
     runs["key changed"] = pyinfra(inventory, "deploys/backup.py", env=env)
+    shutil.rmtree(tmp / "operator-borg/.config/borg/keys")  # the operator's machine is new too: no key file there
     fleet.run(KEYFILE, LOST)
     fleet.run(REPOKEY, LOST + " /root/borg-pass")
     recovery = {**data, **{name: {**clients[name], "borgbackup": {**clients[name]["borgbackup"], "escrow": {
@@ -93,6 +96,7 @@ def test_backup_runs_escrow_every_key_and_passphrase(escrowed):
     backup = escrowed["runs"]["backup"]
     assert backup.returncode == 0, backup.stdout
     assert backup.stdout.count("and passphrase escrowed to 1 recipient(s)") == 2, backup.stdout
+    assert "key imported into the operator's borg" in backup.stdout  # so kf01's prune listed its repo here
     for name in (KEYFILE, REPOKEY):
         directory = escrowed["state"] / name
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700
@@ -149,6 +153,7 @@ def test_keyfile_host_lost_whole_comes_back_with_one_recover_run(escrowed):
     fleet, run = escrowed["fleet"], escrowed["runs"][f"recover {KEYFILE}"]
     assert run.returncode == 0, run.stdout
     assert "escrowed key imported on the host" in run.stdout
+    assert (escrowed["tmp"] / "operator-borg/.config/borg/keys").is_dir()  # and into the operator's borg, from the escrow
     assert tree(fleet, KEYFILE, "/srv/data") == escrowed["before"][KEYFILE]
     after = escrowed["runs"]["after"]  # the host's own borg, with the imported key: a new archive
     assert after.returncode == 0 and re.search(rf"\[{KEYFILE}\]\s+Success", after.stdout), after.stdout
