@@ -5,7 +5,7 @@ serials named by the identity files of the inventory, the commands of the emerge
 each repo's key in borg's own paper format (`borg key export --paper`, typed back with `borg key import --paper`):
 
     >>> paper_key("BORG_KEY " + "ab" * 32 + "\\nAAEC\\n").splitlines()[2:4]
-    ['BORG PAPER KEY v1', 'id: 1 / ababab ababab ababab / 039058 c6f2c0 - 49']
+    ['BORG PAPER KEY v1', 'id: 1 / ababab ababab ababab / ae4b32 80e56e - 84']
 """
 
 from __future__ import annotations

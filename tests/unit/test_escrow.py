@@ -96,3 +96,11 @@ def test_a_servers_repos_in_one_command(tmp_path, borg_env):
     _borg(borg_env, "init", "-e", "none", str(tmp_path / "plain"))
     lines = _sh(repo_config_digest_command(*exports, str(tmp_path / "plain"), str(tmp_path / "absent")))
     assert parse_config_digests(lines) == {path: (repo_id_of(e), key_digest(e)) for path, e in exports.items()}
+
+
+def test_the_examples_in_the_docstrings():
+    import doctest
+
+    from pyinfra_backup import escrow, sheet
+
+    assert doctest.testmod(escrow).failed == 0 and doctest.testmod(sheet).failed == 0
