@@ -174,6 +174,7 @@ class Env:
     job: dict = field(default_factory=dict)
     inventory: Path | None = None
     template: str = ""
+    escrow: list[str] = field(default_factory=list)  # borgbackup.escrow.recipients of every client (--escrow)
 
     @property
     def pyinfra_env(self) -> dict:
@@ -186,7 +187,8 @@ class Env:
                 "PYTHONPYCACHEPREFIX": str(self.work / "pycache")}
 
     def host_data(self) -> dict:
-        common = {"borgbackup": {"jobs": {JOB: self.job}, "operatorIdentity": str(self.op_key)}}
+        common = {"borgbackup": {"jobs": {JOB: self.job}, "operatorIdentity": str(self.op_key),
+                                 **({"escrow": {"recipients": self.escrow}} if self.escrow else {})}}
         data = {name: common for name in self.clients}
         data[SERVER] = {"borgbackup": {"repos": {}, "operatorKeys": [self.op_key.with_suffix(".pub").read_text().strip()]}}
         return data
@@ -448,6 +450,9 @@ def bench_cd(args, work: Path, op_key: Path, results: dict) -> None:
         results["e"] = forced_stages = []
     try:
         env = Env(fleet, work, op_key)
+        if args.escrow:  # every key and passphrase escrowed: the no-op run's check of the key digest is measured
+            import pyrage
+            env.escrow = [str(pyrage.x25519.Identity.generate().to_public())]
         # archiveBaseName is the same on every client (each has its own repo): a cloned repo's
         # archive is then the clone's own.
         env.job = {
@@ -501,6 +506,8 @@ def grow(env: Env, size: int, passphrase: str) -> None:
 def noop_stage(args, env: Env, results: dict) -> dict:
     """(c)/(d) at the fleet's current size: our no-op run against the one-op deploy."""
     hosts = len(env.hosts())
+    if args.escrow:  # the clones' keys and passphrases escrowed first (the template's were at enrollment)
+        env.pyinfra("deploys/backup.py", parallel=hosts)
     # The verification run is also the warm-up, and the one whose remote commands we count.
     before = env.exec_counts()
     verify, proc = env.pyinfra("deploys/backup.py", "-v", parallel=hosts)
@@ -702,6 +709,7 @@ def parse_args(argv=None):
     p.add_argument("--mb-large", type=int, default=None, help="MB per client for the larger (b) (300; 0: not run; --quick 0)")
     p.add_argument("--output", default=str(RESULTS))
     p.add_argument("--head", action="store_true", help="benchmark a copy of the committed HEAD, not the working tree")
+    p.add_argument("--escrow", action="store_true", help="(c)/(d): every client with borgbackup.escrow.recipients")
     args = p.parse_args(argv)
     args.files = args.files or (1000 if args.quick else 3000)
     args.mb = args.mb or (10 if args.quick else 30)

@@ -3,7 +3,8 @@
     pyinfra -y INVENTORY deploys/recover.py [--limit HOST]
 
 (1) identity from the state archive (machine-id, SSH host keys, /var/lib/nixos: before anything
-else, so that agenix can decrypt and uids match); (2) the config repo at `recover_ref`; (3) on
+else, so that agenix can decrypt and uids match); (1b) the escrowed key of each keyfile-mode job
+on a host that lost it (tasks/escrow.py); (2) the config repo at `recover_ref`; (3) on
 NixOS, rebuild from it or roll back to `recover_generation`; (4) job data from `recover_archive`;
 (5) its PostgreSQL databases and container volumes by name;
 (6) verification: the identity files match the state archive, `recover_checks` pass; then a summary per host: what came from which archive, how long each step took (the RTO).
@@ -17,6 +18,7 @@ from tasks import recover
 require_valid_inventory()
 
 recover.identity(name="(1) Host identity from the state archive")
+recover.keys(name="(1b) Keyfile-mode keys from the escrow")
 recover.config(name="(2) Config repo at recover_ref")
 recover.system(name="(3) NixOS: rebuild or roll back")
 recover.job_data(name="(4) Job data")

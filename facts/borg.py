@@ -26,6 +26,7 @@ from pyinfra_backup.borg import (
     BACKUP_KEY, KNOWN_HOSTS, STATE_DIR, Archive, RepoListing, borg_env, list_argv, parse_list,
 )
 from pyinfra_backup import ledger_store
+from pyinfra_backup.escrow import digest_sources, is_keyfile, parse_config_digests, parse_digests, repo_config_digest_command
 from pyinfra_backup.enrollment import PlannedJob, Server, plan_jobs, repo_accounts, server_repos
 from pyinfra_backup.jsonable import JsonFact
 from pyinfra_backup.metrics import TEXTFILE_NAME
@@ -80,6 +81,7 @@ class ClientState(JsonFact):
     known_hosts: str
     records: dict[str, JobRecords] = field(default_factory=dict)
     textfile: str | None = None  # the metrics textfile's content, when monitoring.textfile_dir is set
+    key_digests: dict[str, str] = field(default_factory=dict)  # repo id -> key digest (escrow), as the host sees them
 
 
 def _listing_command(planned: PlannedJob) -> str:
@@ -89,7 +91,7 @@ def _listing_command(planned: PlannedJob) -> str:
     return f"test -f {BACKUP_KEY} || exit {NO_KEY}; {listing}"
 
 
-def _client_sections(plan: list[PlannedJob], textfile: str | None) -> dict[str, str]:
+def _client_sections(plan: list[PlannedJob], textfile: str | None, digests: bool = False) -> dict[str, str]:
     sections = {
         "hostname": ReadFile("/proc/sys/kernel/hostname"),  # = uname -n, without starting a process
         "key": ReadFile(f"{BACKUP_KEY}.pub", only_if=BACKUP_KEY),
@@ -100,6 +102,9 @@ def _client_sections(plan: list[PlannedJob], textfile: str | None) -> dict[str, 
     for planned in plan:
         for key, command in read_sections(planned.job.name).items():
             sections[f"{key}.{planned.job.name}"] = command
+    if digests:  # the escrow's check: each repo key the host can see, digested (pyinfra_backup/escrow.py)
+        commands = dict.fromkeys(filter(None, (digest_sources(p.job, p.server is None) for p in plan)))
+        sections.update({f"keydigests.{index}": command for index, command in enumerate(commands)})
     return sections
 
 
@@ -118,6 +123,9 @@ def _client_state(plan: list[PlannedJob], sections: dict[str, Section]) -> Clien
         })
     if "textfile" in sections and sections["textfile"].ok:
         state.textfile = sections["textfile"].text + "\n"
+    for name, section in sections.items():
+        if name.startswith("keydigests.") and section.ok:
+            state.key_digests.update(parse_digests(section.stdout))
     return state
 
 
@@ -142,9 +150,9 @@ class BorgClient(FactBase):
     textfile. Example: `host.get_fact(BorgClient, plan=host_plan(host, inventory), textfile=None)`; without
     `plan` (`pyinfra INVENTORY fact facts.borg.BorgClient`), the host's jobs."""
 
-    def command(self, plan: list[PlannedJob] | None = None, textfile: str | None = None) -> str:
+    def command(self, plan: list[PlannedJob] | None = None, textfile: str | None = None, digests: bool = False) -> str:
         self.plan = plan = _plan_or_host(plan)
-        return sectioned_script(_client_sections(plan, textfile))
+        return sectioned_script(_client_sections(plan, textfile, digests))
 
     def process(self, output) -> ClientState:
         return _client_state(self.plan, parse_sections(output))
@@ -241,13 +249,15 @@ class ServerState(JsonFact):
     authorized_keys: dict[str, str]  # user -> file content
     sshd_dropins: dict[str, str] = field(default_factory=dict)  # user -> our sshd drop-in's content
     sshd_config: str | None = None  # the main sshd_config (does it include the drop-ins?)
+    key_digests: dict[str, tuple[str, str]] = field(default_factory=dict)  # repo path -> (repo id, key digest): escrow
 
 
 class BorgServer(FactBase):
     """A repo server: SSH host keys, the repo users and groups, repo directories and each
     user's authorized_keys. Example: `host.get_fact(BorgServer, users=["borg"], paths=[...])`."""
 
-    def command(self, users: list[str], groups: list[str], paths: list[str]) -> str:
+    def command(self, users: list[str], groups: list[str], paths: list[str], digests: tuple[str, ...] = ()) -> str:
+        """`digests`: repo paths whose key digest the escrow compares (repokey repos of clients with escrow)."""
         sections = {"hostkeys": SshHostKeys().command(), "groups": sh_join(["getent", "group", *groups])}
         for user in users:
             sections[f"user.{user}"] = sh_join(["getent", "passwd", user])
@@ -256,6 +266,8 @@ class BorgServer(FactBase):
         sections["sshd_config"] = ReadFile(SSHD_CONFIG)
         if paths:
             sections["dirs"] = sh_join(["stat", "-c", "%U:%G:%a:%n", *paths])
+        if digests:
+            sections["keydigests"] = repo_config_digest_command(*digests)
         return sectioned_script(sections)
 
     def process(self, output) -> ServerState:
@@ -282,6 +294,7 @@ class BorgServer(FactBase):
             sshd_dropins={name.split(".", 1)[1]: "".join(line + "\n" for line in section.stdout)
                           for name, section in sections.items() if name.startswith("sshd.") and section.ok},
             sshd_config=sections["sshd_config"].text if sections.get("sshd_config") and sections["sshd_config"].ok else None,
+            key_digests=parse_config_digests(sections["keydigests"].stdout) if "keydigests" in sections else {},
         )
 
 
@@ -304,7 +317,8 @@ def client_state(host) -> ClientState:
     cache = _cache(host)
     if "client" not in cache:
         plan = host_plan(host, context.state.inventory)
-        cache["client"] = host.get_fact(BorgClient, plan=plan, textfile=textfile_path(host))
+        cache["client"] = host.get_fact(BorgClient, plan=plan, textfile=textfile_path(host),
+                                        digests=bool(escrow_recipients(host)))
         cache.setdefault("client at start", cache["client"])
     return cache["client"]
 
@@ -357,6 +371,11 @@ def has_backup_key(host) -> bool | None:
     return None if client is None else client.key is not None
 
 
+def escrow_recipients(host) -> list:
+    """`borgbackup.escrow.recipients` of the host: with them, its fact read shows its repo keys' digests."""
+    return list(((host.data.get("borgbackup") or {}).get("escrow") or {}).get("recipients") or ())
+
+
 def textfile_path(host) -> str | None:
     """Where the host's node_exporter textfile goes (`monitoring.textfile_dir`), if anywhere."""
     directory = (host.data.get("monitoring") or {}).get("textfile_dir")
@@ -367,13 +386,35 @@ def server_state(host, users: list[str], groups: list[str], paths: list[str]) ->
     """This run's view of a repo server, read once until `forget(host)`."""
     cache = _cache(host)
     if "server" not in cache:
-        cache["server"] = host.get_fact(BorgServer, users=users, groups=groups, paths=paths)
+        cache["server"] = host.get_fact(BorgServer, users=users, groups=groups, paths=paths,
+                                        digests=escrowed_repokey_paths(host))
     return cache["server"]
 
 
 def server_state_read(host) -> ServerState | None:
     """The repo server as this run last read it, or None when it has not been read (not in the run)."""
     return _cache(host).get("server")
+
+
+def escrowed_repokey_paths(server_host) -> tuple[str, ...]:
+    """The server's repo paths whose key only the server sees (repokey modes) and whose client keeps an escrow."""
+    inventory = context.state.inventory
+    server = fleet_servers(inventory).get(server_host.name)
+    paths = set()
+    for client in enrolled_clients(server, inventory) if server else ():
+        if escrow_recipients(client):
+            paths.update(server.repo_for(client.name)["path"] for p in host_plan(client, inventory)
+                         if p.server is not None and p.server.name == server.name and p.job.mode != "none"
+                         and not is_keyfile(p.job.mode))
+    return tuple(sorted(paths))
+
+
+def server_key_digests(planned: PlannedJob, client_name: str) -> dict[str, str] | None:
+    """{repo id: key digest} of the job's repo as its server's read of this run saw it; None when it was not read."""
+    server_host = context.state.inventory.get_host(planned.server.name) if planned.server else None
+    server = server_state_read(server_host) if server_host is not None else None
+    found = server.key_digests.get(planned.server.repo_for(client_name)["path"]) if server else None
+    return dict([found]) if found else None
 
 
 def forget(host) -> None:

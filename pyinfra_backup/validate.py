@@ -377,7 +377,29 @@ def inventory_errors(inventory) -> list[str]:
     """Problems of every host of a pyinfra Inventory."""
     data, fleet_jobs = _fleet_data(inventory)
     lines = [line for name, values in data.items() for line in host_data_errors(name, values, fleet_jobs)]
-    return lines + _repo_host_errors(data)
+    return lines + _repo_host_errors(data) + _keyfile_errors(data)
+
+
+def _keyfile_errors(data: Mapping[str, Mapping]) -> list[str]:
+    """A keyfile-mode job on a fleet server without `borgbackup.escrow.recipients`: its key would exist only
+    on the client, so losing the client would make every archive unreadable (README: Key and passphrase escrow)."""
+    from pyinfra_backup.enrollment import find_server
+
+    servers = _repo_servers(data)
+    out = []
+    for name, values in data.items():
+        borg = values.get("borgbackup") if isinstance(values.get("borgbackup"), Mapping) else {}
+        escrow = borg.get("escrow") if isinstance(borg.get("escrow"), Mapping) else {}
+        for job, spec in _jobs(values) if not escrow.get("recipients") else ():
+            mode = (spec.get("encryption") or {}).get("mode") if isinstance(spec.get("encryption"), Mapping) else None
+            server = find_server(spec["repo"], servers) if isinstance(spec.get("repo"), str) else None
+            if mode in ("keyfile", "keyfile-blake2") and server is not None and server.name != name:
+                out.append(f"{name}: {_dotted(['borgbackup', 'jobs', job, 'encryption', 'mode'])}: expected a repokey "
+                           f"mode, or borgbackup.escrow.recipients set, got {_show(mode)} without escrow: the key of a "
+                           f"keyfile-mode repo exists only on {name}, and if {name} is lost its archives on "
+                           f"{server.name} can never be decrypted; set borgbackup.escrow.recipients (age recipients: "
+                           "an offline key, a YubiKey) so that the key and passphrase are escrowed")
+    return out
 
 
 def _repo_host_errors(data: Mapping[str, Mapping]) -> list[str]:

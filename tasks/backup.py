@@ -11,14 +11,14 @@ from __future__ import annotations
 from pyinfra import host, inventory
 
 from facts.borg import host_plan
-from tasks import borg, state
+from tasks import borg, escrow, state
 from tasks.common import contained, host_operation
 
 
 @host_operation
 def run():
-    """`pin_server_keys`, then every job in turn (`init`, `create` when due, `prune` + compact,
-    `check`; the state archive after its job, `system_state`), then `outcome`. A failed step skips
+    """`pin_server_keys`, then every job in turn (`init`, `create` when due, the key and passphrase
+    escrow when `borgbackup.escrow` is set, `prune` + compact, `check`; the state archive after its job, `system_state`), then `outcome`. A failed step skips
     the rest of its job only; the other jobs go on, and `outcome` fails the host naming each
     failed job and why.
 
@@ -30,7 +30,7 @@ def run():
     state_job = state.state_job(host)
     for planned in plan:
         job = planned.job.name
-        for step in (borg.init, borg.create, borg.prune, borg.check):
+        for step in (borg.init, borg.create, escrow.keep, borg.prune, borg.check):
             arguments = {"unless_create_will": True} if step is borg.init else {}
             yield from contained(step._inner(job=job, **arguments), lambda job=job: borg.failed_jobs().add(job))
         if job == state_job:  # the state steps record their own failures for `outcome`

@@ -11,6 +11,7 @@ pipe (`BORG_PASSPHRASE_FD`), never argv or the environment:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shlex
@@ -25,7 +26,9 @@ from pyinfra import inventory
 from pyinfra.api import StringCommand
 
 from pyinfra_backup.borg import Location, RepoListing, borg_env, list_argv, operator_env, parse_list, probe_argv
+from pyinfra_backup import escrow_store
 from pyinfra_backup.enrollment import PlannedJob, alive_interval, operator_identity, operator_location
+from pyinfra_backup.escrow import EscrowError, is_keyfile
 
 
 class OperatorError(Exception):
@@ -51,7 +54,8 @@ def _recover_pass_command(host, job: str) -> str | None:
 def passphrase(host, planned: PlannedJob) -> bytes:
     """The job's passphrase for operator-side borg: `recover_passCommand` run on the operator's
     machine when the host data has one (a host being rebuilt cannot run its own passCommand yet),
-    else the job's `encryption.passCommand` run on the host. Empty for unencrypted repos."""
+    else the escrowed one when `borgbackup.escrow.identities` are given (recovery), else the job's
+    `encryption.passCommand` run on the host. Empty for unencrypted repos."""
     job = planned.job
     if job.mode == "none":
         return b""
@@ -62,11 +66,71 @@ def passphrase(host, planned: PlannedJob) -> bytes:
             raise OperatorError(f"job {job.name}: recover_passCommand failed on the operator's machine "
                                 f"(exit status {proc.returncode})")
         return proc.stdout.rstrip(b"\n")
+    escrowed = _escrowed(host, job.name, "pass.age")
+    if escrowed is not None:
+        return escrowed
     ok, output = host.run_shell_command(StringCommand(job.pass_command), print_output=False)
     if not ok:
         raise OperatorError(f"job {job.name}: the passCommand failed on the host "
                             "(a host being rebuilt needs recover_passCommand)")
     return "\n".join(output.stdout_lines).encode()
+
+
+def _escrowed(host, job: str, kind: str) -> bytes | None:
+    """The job's escrowed key export or passphrase, when the host data names identities to decrypt it and
+    the escrow holds it; None otherwise (daily runs give no identities)."""
+    identities = escrow_store.identities_of(host.data.dict())
+    try:
+        kept = escrow_store.load(host.name, job) if identities else None
+        if kept is None or (kind == "pass.age" and not kept.passphrase):
+            return None
+        return escrow_store.decrypt(host.name, job, kind, identities)
+    except EscrowError as error:
+        raise OperatorError(str(error)) from None
+
+
+def _operator_has_key(repo_id: str) -> bool:
+    """Whether the operator's borg finds a key file for the repo (any file of its keys dir naming it)."""
+    env = operator_env(os.environ, {})
+    base = env.get("BORG_BASE_DIR") or os.path.expanduser("~")
+    keys = env.get("BORG_KEYS_DIR") or os.path.join(env.get("XDG_CONFIG_HOME") or f"{base}/.config", "borg", "keys")
+    for name in os.listdir(keys) if os.path.isdir(keys) else ():
+        with contextlib.suppress(OSError), open(os.path.join(keys, name), errors="replace") as keyfile:
+            if keyfile.readline().split() == ["BORG_KEY", repo_id]:
+                return True
+    return False
+
+
+def operator_has_key(repo_id: str) -> bool:
+    return _operator_has_key(repo_id)
+
+
+def ensure_key(host, planned: PlannedJob, where: Location) -> None:
+    """Before the operator's first borg call of a keyfile-mode job: import the escrowed key (`borg key
+    import`, on stdin) when this machine has none for the repo. Nothing without an escrow or identities."""
+    try:
+        kept = escrow_store.load(host.name, planned.job.name) if is_keyfile(planned.job.mode) else None
+    except EscrowError as error:
+        raise OperatorError(str(error)) from None
+    if kept is None or _operator_has_key(kept.repo_id):
+        return
+    export = _escrowed(host, planned.job.name, "key.age")
+    if export is None:
+        raise OperatorError(f"job {planned.job.name}: this machine has no key file for repo {kept.repo_id[:12]} "
+                            "(keyfile mode): give borgbackup.escrow.identities to import the escrowed one")
+    import_key(planned, where, export)
+
+
+def import_key(planned: PlannedJob, where: Location, export: bytes) -> None:
+    """`borg key import REPO -` here, the key export on stdin: a keyfile-mode repo for the operator's borg."""
+    with ssh_logged(where) as (logged, ssh_said):
+        proc = popen_borg(planned, logged, ["borg", *planned.job.extra_args, "key", "import", where.url, "-"], b"",
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        _, err = proc.communicate(export)
+        said = ssh_said() if proc.returncode != 0 else ""
+    if proc.returncode != 0:
+        reason = (err.decode(errors="replace").strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+        raise OperatorError(f"job {planned.job.name}: borg key import failed: {reason}{ssh_reason(where, said, 'key import')}")
 
 
 def secret(host, planned: PlannedJob) -> bytes:
@@ -83,6 +147,10 @@ def secret(host, planned: PlannedJob) -> bytes:
 def listing(host, planned: PlannedJob, where: Location) -> RepoListing:
     """The job's repo as the operator's own borg lists it (full-access key): what the archive ledger
     compares, and what a client's key cannot forge (a client's own listing runs on the client)."""
+    try:
+        ensure_key(host, planned, where)
+    except OperatorError as error:
+        return RepoListing(exists=False, error=str(error))
     with ssh_logged(where) as (logged, ssh_said):
         proc = popen_borg(planned, logged, list_argv(planned.job, where), secret(host, planned),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -197,6 +265,19 @@ class Piped:
     status: int
     seconds: float
     sha256: str = ""
+
+
+def send_to_host(host, data: bytes, script: str) -> Piped:
+    """`data` (a secret held in memory here) on the stdin of `script` run on the host, over the host's own
+    SSH connection: never in argv, a file or pyinfra's output."""
+    started = time.monotonic()
+    channel = host.connector.client.get_transport().open_session()
+    channel.exec_command(script)
+    channel.sendall(data)
+    channel.shutdown_write()
+    output = channel.makefile("rb").read().decode(errors="replace")
+    errors = channel.makefile_stderr("rb").read().decode(errors="replace")
+    return Piped(len(data), output, errors, channel.recv_exit_status(), time.monotonic() - started)
 
 
 def pipe_to_host(host, proc: subprocess.Popen, script: str, chunk: int = 1 << 20) -> Piped:

@@ -26,7 +26,7 @@ from pyinfra_backup.borg import items_argv
 from pyinfra_backup.dumps import DataSpec
 from pyinfra_backup.recovery import Step, Summary, bundle_argv, checkout_script, resolve_argv
 from pyinfra_backup.state import parse_archive_output
-from tasks import data, nixos, operator, relay
+from tasks import data, escrow, nixos, operator, relay
 from tasks.common import HostError, host_operation
 
 
@@ -80,6 +80,14 @@ def identity():
         return
     archive = host.data.get("recover_state_archive") or "state"
     yield from timed("identity", f"{job}: {archive}", relay.restore._inner(job=job, archive=archive, overwrite=True))
+
+
+@host_operation
+def keys():
+    """(1b) The escrowed key of each keyfile-mode job back on a host that has none (a reinstalled host
+    lost `/root/.config/borg`), imported with `borg key import` from the operator's escrow (tasks/escrow.py)."""
+    for job in recover_jobs():
+        yield from timed(f"key {job}", f"{job}: escrow", escrow.import_key._inner(job=job))
 
 
 def _operator_git(argv: list[str]) -> subprocess.CompletedProcess:

@@ -94,6 +94,7 @@ def operator_archive(job: str, archive: str):
                         "a relayed restore needs the operator's key (use tasks.borg.restore on the host)")
     where = operator.location(host, planned)
     try:
+        operator.ensure_key(host, planned, where)  # a keyfile-mode repo: the escrowed key, when this machine has none
         secret = operator.passphrase(host, planned)
         listing = parse_list(operator.run_borg(planned, where, list_argv(planned.job, where), secret), 0, "")
         name = pick_archive(listing, planned.job.base_name(client_state(host).hostname), archive)

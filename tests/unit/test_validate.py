@@ -637,3 +637,30 @@ def test_an_operator_identity_this_machine_cannot_read_is_refused_before_any_hos
     assert problems(key, keep=False) == []  # nothing runs with it
     key.write_text("a key\n")
     assert problems(key) == []
+
+
+def test_a_keyfile_job_on_a_fleet_server_needs_escrow():
+    from pyinfra_backup.validate import inventory_errors
+
+    class Host:
+        def __init__(self, name, data):
+            self.name, self.data = name, type("Data", (), {"dict": lambda _: data})()
+
+    keyfile = {**SEED_JOB, "repo": "borg@backup:.", "encryption": {"mode": "keyfile-blake2", "passCommand": "cat /p"}}
+    client = {"borgbackup": {"jobs": {"system": keyfile}}}
+    server = Host("backup", {"borgbackup": {"repos": {}}})
+    [line] = inventory_errors([Host("host01", client), server])
+    assert line.startswith("host01: borgbackup.jobs.system.encryption.mode: expected a repokey mode, or "
+                           "borgbackup.escrow.recipients set, got 'keyfile-blake2' without escrow: the key of a keyfile-mode "
+                           "repo exists only on host01, and if host01 is lost its archives on backup can never be decrypted")
+    assert "set borgbackup.escrow.recipients" in line
+    escrowed = {"borgbackup": {**client["borgbackup"], "escrow": {"recipients": [AGE]}}}
+    assert inventory_errors([Host("host01", escrowed), server]) == []
+    local = {**keyfile, "repo": "/var/lib/borg/local"}  # not on a fleet server: the key stays beside the repo's host
+    assert inventory_errors([Host("host01", {"borgbackup": {"jobs": {"system": local}}}), server]) == []
+
+
+def test_escrow_recipients_are_checked_and_unknown_escrow_keys_refused():
+    assert errors({"borgbackup": {"escrow": {"recipients": ["age1nope"]}}})[0].startswith("host01: borgbackup.escrow.recipients[0]: expected an age recipient")
+    assert errors({"borgbackup": {"escrow": {"recipients": []}}})[0].startswith("host01: borgbackup.escrow.recipients: ")
+    assert errors({"borgbackup": {"escrow": {"recipients": [AGE], "identities": ["/k"], "x": 1}}})
