@@ -43,7 +43,7 @@ from pyinfra_backup.prune import to_prune
 from pyinfra_backup.rollback import RollbackError, files_after, quarantine_dir, rollback_point, rollback_script
 from pyinfra_backup.records import check_command, create_command, record_attempt
 from pyinfra_backup.schedule import Schedule
-from pyinfra_backup.shell import atomic_write, sh_join, with_env
+from pyinfra_backup.shell import atomic_record, atomic_write, sh_join, with_env
 from pyinfra_backup.sshd import (
     CLIENT_ALIVE_COUNT_MAX, CLIENT_ALIVE_INTERVAL, DROPIN_DIR, SSHD_CONFIG, dropin_content, dropin_path, includes_dropins,
     install_command,
@@ -700,7 +700,7 @@ def restore(job: str, target: str, archive: str = "latest", overwrite: bool = Fa
     marker = RestoreTarget.marker(key)
     yield (
         f"mkdir -p {sh_join([target])} && cd {sh_join([target])} && {run} && "
-        f"mkdir -p {os.path.dirname(marker)} && echo {sh_join([name])} > {marker}"
+        + atomic_record(marker, f"echo {sh_join([name])}")
     )
 
 
