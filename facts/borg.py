@@ -28,7 +28,7 @@ from pyinfra_backup.borg import (
 from pyinfra_backup import ledger_store
 from pyinfra_backup.enrollment import PlannedJob, Server, plan_jobs, repo_accounts, server_repos
 from pyinfra_backup.metrics import TEXTFILE_NAME
-from pyinfra_backup.records import JobRecords, parse_records, read_sections
+from pyinfra_backup.records import JobRecords, job_dir, parse_records, read_sections
 from pyinfra_backup.schedule import Schedule
 from pyinfra_backup.sshd import SSHD_CONFIG, dropin_path
 from pyinfra_backup.shell import ReadFile, Section, parse_sections, sectioned_script, sh_join, with_env
@@ -160,7 +160,8 @@ def freshness(planned: PlannedJob, state: ClientState, listing: RepoListing, now
               tampered: str | None = None) -> dict:
     """One job's freshness in the contract's shape, from the repo itself. A repo whose last
     `borg check` failed is in error, whatever its listing says (`borg list` reads no data); one
-    the archive ledger holds as tampered (`tampered`: why) is `tampered`, whatever else."""
+    the archive ledger holds as tampered (`tampered`: why) is `tampered`, whatever else; one whose
+    records on the host cannot be read (torn by a crash) is `unknown`, and due: it backs up again."""
     job = planned.job
     archives = listing.job_archives(job.base_name(state.hostname)) if listing.exists else []
     last = archives[-1] if archives else None
@@ -173,6 +174,8 @@ def freshness(planned: PlannedJob, state: ClientState, listing: RepoListing, now
         status, error = "tampered", tampered
     elif error:
         status = "error"
+    elif state.records[job.name].unreadable:
+        status, error = "unknown", unknown_reason(job.name, state.records[job.name])
     else:
         status = Schedule.parse(list(job.start_at)).due_state(last.time if last else None, now)
     created = (state.records[job.name].create or {}).get("archive", {})
@@ -182,12 +185,18 @@ def freshness(planned: PlannedJob, state: ClientState, listing: RepoListing, now
         "last_archive": last.name if last else None,
         "last_time": last.time.isoformat() if last else None,
         "age_seconds": int((now - last.time).total_seconds()) if last else None,
-        "due": status in ("due", "stale", "missing"),
+        "due": status in ("due", "stale", "missing", "unknown"),
         "status": status,
         "error": error,
         "original_size": stats.get("original_size"),
         "deduplicated_size": stats.get("deduplicated_size"),
     }
+
+
+def unknown_reason(job: str, records: JobRecords) -> str:
+    """Why a job's state is `unknown`: its record files that cannot be read."""
+    return (f"state unknown: unreadable record {', '.join(records.unreadable)} in {job_dir(job)} "
+            "(a run killed while writing, or a hand edit): the job backs up again")
 
 
 class BackupFreshness(FactBase):
