@@ -21,6 +21,7 @@ from gevent.lock import RLock
 from pyinfra import context
 from pyinfra.context import ctx_host, ctx_state
 from pyinfra.api import FactBase
+from pyinfra.api.exceptions import FactProcessError
 
 from pyinfra_backup.borg import (
     BACKUP_KEY, KNOWN_HOSTS, STATE_DIR, Archive, RepoListing, borg_env, list_argv, parse_list,
@@ -29,6 +30,7 @@ from pyinfra_backup import ledger_store
 from pyinfra_backup.enrollment import PlannedJob, Server, plan_jobs, repo_accounts, server_repos
 from pyinfra_backup.metrics import TEXTFILE_NAME
 from pyinfra_backup.records import JobRecords, job_dir, parse_records, read_sections
+from pyinfra_backup.run_lock import LockRequest, LockState, parse_lock
 from pyinfra_backup.schedule import Schedule
 from pyinfra_backup.sshd import SSHD_CONFIG, dropin_path
 from pyinfra_backup.shell import ReadFile, Section, parse_sections, sectioned_script, sh_join, with_env
@@ -63,6 +65,7 @@ class ClientState:
     known_hosts: str
     records: dict[str, JobRecords] = field(default_factory=dict)
     textfile: str | None = None  # the metrics textfile's content, when monitoring.textfile_dir is set
+    lock: LockState | None = None  # this run's hold on the host (the run lock), when asked for
 
 
 def _listing_command(planned: PlannedJob) -> str:
@@ -72,8 +75,9 @@ def _listing_command(planned: PlannedJob) -> str:
     return f"test -f {BACKUP_KEY} || exit {NO_KEY}; {listing}"
 
 
-def _client_sections(plan: list[PlannedJob], textfile: str | None) -> dict[str, str]:
-    sections = {
+def _client_sections(plan: list[PlannedJob], textfile: str | None, lock: LockRequest | None = None) -> dict[str, str]:
+    sections = {"runlock": lock.section()} if lock else {}  # first: what follows is read under the lock
+    sections |= {
         "hostname": ReadFile("/proc/sys/kernel/hostname"),  # = uname -n, without starting a process
         "key": ReadFile(f"{BACKUP_KEY}.pub", only_if=BACKUP_KEY),
         "known_hosts": ReadFile(KNOWN_HOSTS),
@@ -101,6 +105,11 @@ def _client_state(plan: list[PlannedJob], sections: dict[str, Section]) -> Clien
         })
     if "textfile" in sections and sections["textfile"].ok:
         state.textfile = sections["textfile"].text + "\n"
+    if "runlock" in sections:
+        try:
+            state.lock = parse_lock(sections["runlock"].stdout)
+        except ValueError as error:
+            raise FactProcessError(f"{error} (exit status {sections['runlock'].rc}; is flock installed?)") from None
     return state
 
 
@@ -122,11 +131,12 @@ def _listings(plan: list[PlannedJob], sections: dict[str, Section]) -> dict[str,
 class BorgClient(FactBase):
     """A backup client as a backup run needs it, without touching any repo: hostname, backup
     key, pinned server keys, each job's records (pyinfra_backup/records.py) and the metrics
-    textfile. Example: `host.get_fact(BorgClient, plan=host_plan(host, inventory), textfile=None)`."""
+    textfile; with `lock`, it first takes the host's run lock (pyinfra_backup/run_lock.py) and says
+    how (`ClientState.lock`). Example: `host.get_fact(BorgClient, plan=host_plan(host, inventory), textfile=None)`."""
 
-    def command(self, plan: list[PlannedJob], textfile: str | None = None) -> str:
+    def command(self, plan: list[PlannedJob], textfile: str | None = None, lock: LockRequest | None = None) -> str:
         self.plan = plan
-        return sectioned_script(_client_sections(plan, textfile))
+        return sectioned_script(_client_sections(plan, textfile, lock))
 
     def process(self, output) -> ClientState:
         return _client_state(self.plan, parse_sections(output))
@@ -288,7 +298,8 @@ def client_state(host) -> ClientState:
     cache = _cache(host)
     if "client" not in cache:
         plan = host_plan(host, context.state.inventory)
-        cache["client"] = host.get_fact(BorgClient, plan=plan, textfile=textfile_path(host))
+        cache["client"] = host.get_fact(BorgClient, plan=plan, textfile=textfile_path(host),
+                                        lock=LockRequest.for_host(host.data.dict()))
         cache.setdefault("client at start", cache["client"])
     return cache["client"]
 

@@ -55,18 +55,30 @@ class ReadFile:
         )
 
 
+@dataclass(frozen=True)
+class Inline:
+    """A section run in a subshell without a stderr capture (no temp file, no process besides its
+    own commands): its stdout is the section, its exit status the rc; its stderr is discarded."""
+
+    text: str
+
+    def script(self, name: str) -> str:
+        return (f"echo {shlex.quote(f'{MARK} {name}')}; ( {self.text} ) 2>/dev/null; _rc=$?; "
+                f"echo {shlex.quote(f'{MARK} {name} stderr')}; echo {shlex.quote(f'{MARK} {name} rc')} $_rc")
+
+
 _READ_FUNCTION = """_pbk_read() { while IFS= read -r _l || [ -n "$_l" ]; do printf '%s\\n' "$_l"; done < "$1"; }"""
 
 
-def sectioned_script(sections: Mapping[str, str | ReadFile], stop_on_failure: bool = False) -> str:
-    """One POSIX sh script running each command (or `ReadFile`) and printing it as a named section;
+def sectioned_script(sections: Mapping[str, str | ReadFile | Inline], stop_on_failure: bool = False) -> str:
+    """One POSIX sh script running each command (or `ReadFile`, `Inline`) and printing it as a named section;
     with `stop_on_failure`, the commands after a failed one do not run (and are absent from the output)."""
-    commands = {name: c for name, c in sections.items() if not isinstance(c, ReadFile)}
+    commands = {name: c for name, c in sections.items() if isinstance(c, str)}
     parts = ['_e=$(mktemp)'] if commands else []
-    if len(commands) < len(sections):
+    if any(isinstance(c, ReadFile) for c in sections.values()):
         parts.append(_READ_FUNCTION)
     for name, command in sections.items():
-        if isinstance(command, ReadFile):
+        if not isinstance(command, str):
             parts.append(command.script(name))
             continue
         label = shlex.quote(f"{MARK} {name}")
