@@ -5,7 +5,7 @@ run's first read of the host starts (`lock_section`, a section of `facts.borg.Bo
 extra remote command). The holder lives while the sshd session process of the run's connection
 lives (the nearest `sshd` ancestor of the read's shell; without one, e.g. `@local`, its parent),
 so the lock ends with the run, or with a run killed -9 or a connection cut, within a second of
-sshd noticing. Beside it, `run.holder` says `<unix time> <controller> <pid> <run token>`.
+sshd noticing. The lock file's one line says who holds it: `<unix time> <controller> <pid> <run token>`.
 
 A run that finds the lock held waits up to `borgbackup.lockWait` seconds (`flock -w`), then reports
 the holder: that host is skipped (`tasks/run.py`). The same run reading the host again finds its
@@ -28,8 +28,8 @@ from datetime import datetime, timezone
 from pyinfra_backup.borg import STATE_DIR
 from pyinfra_backup.shell import Inline, sh_join
 
-LOCK = f"{STATE_DIR}/run.lock"
-HOLDER = f"{STATE_DIR}/run.holder"
+LOCK = f"{STATE_DIR}/run.lock"  # its content: the holder line, `<unix time> <controller> <pid> <run token>`
+HOLDER_WIDTH = 160
 
 
 @dataclass(frozen=True)
@@ -69,18 +69,20 @@ _SESSION = (
 def lock_script(run: RunId, wait: int, now: int, lock_path: str = LOCK) -> str:
     """POSIX sh printing `acquired <seconds waited>`, `ours` (this run holds it already) or `held <holder
     line>` (not free after `wait` seconds). `now`: the controller's unix time, written as the holder's
-    start (no `date` process on an uncontended host). The holder file is `run.holder` beside the lock."""
+    start (no `date` process on an uncontended host). The holder line is the lock file's content:
+    written under the lock, whole, in one fixed-width write over the last holder's (no rename, no
+    process: this runs on every host of every run)."""
     directory = lock_path.rsplit("/", 1)[0]
-    lock, holder = sh_join([lock_path]), sh_join([f"{directory}/run.holder"])
-    line = sh_join([f"{int(now)} {run.controller} {int(run.pid)} {run.token}"])
+    lock = sh_join([lock_path])
+    line = sh_join([f"{int(now)} {run.controller} {int(run.pid)} {run.token}"[:HOLDER_WIDTH]])
     return "; ".join([
-        f"mkdir -p {sh_join([directory])} && exec 9>> {lock} || exit 1",
+        f"{{ [ -d {sh_join([directory])} ] || mkdir -p {sh_join([directory])}; }} && exec 9<> {lock} || exit 1",
         "_w=0",
-        f"if ! flock -n 9; then _h=; read -r _h < {holder}; set -- $_h; "
+        f"if ! flock -n 9; then _h=; read -r _h < {lock}; set -- $_h; "
         f"if [ \"${{4:-}}\" = {sh_join([run.token])} ]; then echo ours; exit 0; fi; "
-        f"_t=$(date +%s); flock -w {int(wait)} 9 || {{ _h=; read -r _h < {holder}; echo \"held $_h\"; exit 0; }}; "
+        f"_t=$(date +%s); flock -w {int(wait)} 9 || {{ _h=; read -r _h < {lock}; echo \"held $_h\"; exit 0; }}; "
         "_w=$(( $(date +%s) - _t )); fi",
-        f"printf '%s\\n' {line} > {holder}.new && mv -f {holder}.new {holder}",  # under the lock: ours alone
+        f"printf '%-{HOLDER_WIDTH}s\\n' {line} >&9",  # at offset 0 of the fd just opened
         _SESSION,
         'setsid -f tail -s 1 -f --pid="$_s" /dev/null < /dev/null > /dev/null 2>&1',  # inherits fd 9: the lock
         'echo "acquired $_w"',
@@ -113,7 +115,7 @@ class LockState:
 
     held_by: tuple[datetime, str, int] | None = None  # since, controller, pid
     waited: int = 0
-    unknown_holder: bool = False  # held, but run.holder could not be read
+    unknown_holder: bool = False  # held, but the lock file names no holder
 
     @property
     def ours(self) -> bool:
@@ -121,7 +123,7 @@ class LockState:
 
     def describe(self) -> str:
         if self.unknown_holder:
-            return f"another run holds this host ({HOLDER} unreadable)"
+            return f"another run holds this host ({LOCK} names no holder)"
         since, controller, pid = self.held_by
         return f"another run holds this host since {since:%Y-%m-%d %H:%M:%S} UTC ({controller}, pid {pid})"
 

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.fleet
 
 CLIENTS = ["host01", "host02", "host03"]
 JOBS = "/var/lib/pyinfra-backup/jobs/system"
-HOLDER = "/var/lib/pyinfra-backup/run.holder"
+LOCK = "/var/lib/pyinfra-backup/run.lock"
 
 
 def job():
@@ -140,7 +140,7 @@ def test_a_controller_killed_mid_run_leaves_no_lock_the_next_run_proceeds_at_onc
     first = start(setup, "deploys/backup.py", "--data", "backup_force=true")
     deadline = time.time() + 60
     while time.time() < deadline:  # the lock is held and a borg create is running on host01
-        if fleet.run("host01", "pgrep -f 'borg create' >/dev/null && test -s " + HOLDER, check=False).returncode == 0:
+        if fleet.run("host01", "pgrep -f 'borg create' >/dev/null && ! flock -n " + LOCK + " true", check=False).returncode == 0:
             break
         time.sleep(0.2)
     else:
@@ -184,3 +184,14 @@ def test_two_controllers_on_disjoint_groups_at_once_never_conflict(setup):
     assert {client: len(archives(setup, client)) for client in CLIENTS} == {c: n + 1 for c, n in before.items()}
     records_parse(setup)
     unchanged(setup)
+
+
+def test_verify_takes_the_same_lock_and_skips_a_host_a_backup_holds(setup):
+    backup = start(setup, "deploys/backup.py", "--data", "backup_force=true")
+    time.sleep(1.5)
+    verify = start(setup, "deploys/verify.py", inventory="short")  # lockWait 2
+    (out1, rc1), (out2, rc2) = finish(backup), finish(verify)
+    assert rc1 == 0, out1
+    assert rc2 == 0, out2
+    assert all(re.search(rf"\[{client}\].*skipped: another run holds this host since", out2) for client in CLIENTS), out2
+    assert "Restore drill" not in out2

@@ -27,7 +27,7 @@ def test_taken_reentered_waited_for_and_released_with_its_session(tmp_path):
     first = session(lock_script(ONE, 5, 1796692800, lock), sshd)
     taken = result(first)
     assert taken.ours and taken.waited == 0
-    assert (tmp_path / "state" / "run.holder").read_text() == "1796692800 ops-a 101 ops-a:101:aa\n"
+    assert (tmp_path / "state" / "run.lock").read_text().split() == ["1796692800", "ops-a", "101", "ops-a:101:aa"]
     again = session(lock_script(ONE, 5, 1796692900, lock), sshd)  # the same run reads the host again
     assert result(again).ours
     began = time.monotonic()
@@ -42,7 +42,7 @@ def test_taken_reentered_waited_for_and_released_with_its_session(tmp_path):
     began = time.monotonic()
     taken = result(waiting)
     assert taken.ours and taken.waited <= 3 and time.monotonic() - began < 3
-    assert (tmp_path / "state" / "run.holder").read_text().split()[1] == "ops-b"
+    assert (tmp_path / "state" / "run.lock").read_text().split()[:3] == ["1796693000", "ops-b", "202"]
     for proc in (again, other, waiting):
         proc.kill()
         proc.wait()
