@@ -21,6 +21,7 @@ from gevent.lock import RLock
 from pyinfra import context
 from pyinfra.context import ctx_host, ctx_state
 from pyinfra.api import FactBase
+from pyinfra.api.exceptions import FactProcessError
 
 from pyinfra_backup.borg import (
     BACKUP_KEY, KNOWN_HOSTS, STATE_DIR, Archive, RepoListing, borg_env, list_argv, parse_list,
@@ -30,8 +31,9 @@ from pyinfra_backup.escrow import digest_sources, is_keyfile, parse_config_diges
 from pyinfra_backup.enrollment import PlannedJob, Server, plan_jobs, repo_accounts, server_repos
 from pyinfra_backup.jsonable import JsonFact
 from pyinfra_backup.metrics import TEXTFILE_NAME
-from pyinfra_backup.records import JobRecords, parse_records, read_sections
+from pyinfra_backup.records import JobRecords, job_dir, parse_records, read_sections
 from pyinfra_backup.restore_mark import files_stamp, parse_mark
+from pyinfra_backup.run_lock import LockRequest, LockState, parse_lock
 from pyinfra_backup.schedule import Schedule
 from pyinfra_backup.sshd import SSHD_CONFIG, dropin_path
 from pyinfra_backup.shell import ReadFile, Section, parse_sections, sectioned_script, sh_join, with_env
@@ -82,6 +84,7 @@ class ClientState(JsonFact):
     records: dict[str, JobRecords] = field(default_factory=dict)
     textfile: str | None = None  # the metrics textfile's content, when monitoring.textfile_dir is set
     key_digests: dict[str, str] = field(default_factory=dict)  # repo id -> key digest (escrow), as the host sees them
+    lock: LockState | None = None  # this run's hold on the host (the run lock), when asked for
 
 
 def _listing_command(planned: PlannedJob) -> str:
@@ -91,8 +94,10 @@ def _listing_command(planned: PlannedJob) -> str:
     return f"test -f {BACKUP_KEY} || exit {NO_KEY}; {listing}"
 
 
-def _client_sections(plan: list[PlannedJob], textfile: str | None, digests: bool = False) -> dict[str, str]:
-    sections = {
+def _client_sections(plan: list[PlannedJob], textfile: str | None, digests: bool = False,
+                     lock: LockRequest | None = None) -> dict[str, str]:
+    sections = {"runlock": lock.section()} if lock else {}  # first: what follows is read under the lock
+    sections |= {
         "hostname": ReadFile("/proc/sys/kernel/hostname"),  # = uname -n, without starting a process
         "key": ReadFile(f"{BACKUP_KEY}.pub", only_if=BACKUP_KEY),
         "known_hosts": ReadFile(KNOWN_HOSTS),
@@ -126,6 +131,11 @@ def _client_state(plan: list[PlannedJob], sections: dict[str, Section]) -> Clien
     for name, section in sections.items():
         if name.startswith("keydigests.") and section.ok:
             state.key_digests.update(parse_digests(section.stdout))
+    if "runlock" in sections:
+        try:
+            state.lock = parse_lock(sections["runlock"].stdout)
+        except ValueError as error:
+            raise FactProcessError(f"{error} (exit status {sections['runlock'].rc}; is flock installed?)") from None
     return state
 
 
@@ -147,12 +157,14 @@ def _listings(plan: list[PlannedJob], sections: dict[str, Section]) -> dict[str,
 class BorgClient(FactBase):
     """A backup client as a backup run needs it, without touching any repo: hostname, backup
     key, pinned server keys, each job's records (pyinfra_backup/records.py) and the metrics
-    textfile. Example: `host.get_fact(BorgClient, plan=host_plan(host, inventory), textfile=None)`; without
-    `plan` (`pyinfra INVENTORY fact facts.borg.BorgClient`), the host's jobs."""
+    textfile; with `lock`, it first takes the host's run lock (pyinfra_backup/run_lock.py) and says
+    how (`ClientState.lock`). Example: `host.get_fact(BorgClient, plan=host_plan(host, inventory), textfile=None)`;
+    without `plan` (`pyinfra INVENTORY fact facts.borg.BorgClient`), the host's jobs."""
 
-    def command(self, plan: list[PlannedJob] | None = None, textfile: str | None = None, digests: bool = False) -> str:
+    def command(self, plan: list[PlannedJob] | None = None, textfile: str | None = None, digests: bool = False,
+                lock: LockRequest | None = None) -> str:
         self.plan = plan = _plan_or_host(plan)
-        return sectioned_script(_client_sections(plan, textfile, digests))
+        return sectioned_script(_client_sections(plan, textfile, digests, lock))
 
     def process(self, output) -> ClientState:
         return _client_state(self.plan, parse_sections(output))
@@ -187,7 +199,8 @@ def freshness(planned: PlannedJob, state: ClientState, listing: RepoListing, now
               tampered: str | None = None) -> dict:
     """One job's freshness in the contract's shape, from the repo itself. A repo whose last
     `borg check` failed is in error, whatever its listing says (`borg list` reads no data); one
-    the archive ledger holds as tampered (`tampered`: why) is `tampered`, whatever else."""
+    the archive ledger holds as tampered (`tampered`: why) is `tampered`, whatever else; one whose
+    records on the host cannot be read (torn by a crash) is `unknown`, and due: it backs up again."""
     job = planned.job
     archives = listing.job_archives(job.base_name(state.hostname)) if listing.exists else []
     last = archives[-1] if archives else None
@@ -200,6 +213,8 @@ def freshness(planned: PlannedJob, state: ClientState, listing: RepoListing, now
         status, error = "tampered", tampered
     elif error:
         status = "error"
+    elif state.records[job.name].unreadable:
+        status, error = "unknown", unknown_reason(job.name, state.records[job.name])
     else:
         status = Schedule.parse(list(job.start_at)).due_state(last.time if last else None, now)
     created = (state.records[job.name].create or {}).get("archive", {})
@@ -210,7 +225,7 @@ def freshness(planned: PlannedJob, state: ClientState, listing: RepoListing, now
         "last_archive": last.name if last else None,
         "last_time": last.time.isoformat() if last else None,
         "age_seconds": int((now - last.time).total_seconds()) if last else None,
-        "due": status in ("due", "stale", "missing"),
+        "due": status in ("due", "stale", "missing", "unknown"),
         "status": status,
         "error": error,
         "original_size": stats.get("original_size"),
@@ -219,6 +234,12 @@ def freshness(planned: PlannedJob, state: ClientState, listing: RepoListing, now
         "last_attempt_age_seconds": int((now - attempt.time).total_seconds()) if attempt else None,
         "last_attempt_ok": attempt.rc == 0 if attempt else None,
     }
+
+
+def unknown_reason(job: str, records: JobRecords) -> str:
+    """Why a job's state is `unknown`: its record files that cannot be read."""
+    return (f"state unknown: unreadable record {', '.join(records.unreadable)} in {job_dir(job)} "
+            "(a run killed while writing, or a hand edit): the job backs up again")
 
 
 class BackupFreshness(FactBase):
@@ -318,7 +339,8 @@ def client_state(host) -> ClientState:
     if "client" not in cache:
         plan = host_plan(host, context.state.inventory)
         cache["client"] = host.get_fact(BorgClient, plan=plan, textfile=textfile_path(host),
-                                        digests=bool(escrow_recipients(host)))
+                                        digests=bool(escrow_recipients(host)),
+                                        lock=LockRequest.for_host(host.data.dict()))
         cache.setdefault("client at start", cache["client"])
     return cache["client"]
 

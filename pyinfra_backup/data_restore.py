@@ -23,7 +23,7 @@ from pyinfra_backup.borg import borg_env, extract_argv
 from pyinfra_backup.dumps import MANIFEST, RESTORES_DIR, VOLUME_LOOKUP, Manifest, in_archive, spool_dir
 from pyinfra_backup.enrollment import PlannedJob
 from pyinfra_backup.jsonable import JsonFact
-from pyinfra_backup.shell import Section, parse_sections, sh_join, with_env
+from pyinfra_backup.shell import Section, atomic_record, parse_sections, sh_join, with_env
 
 MISSING = 3  # exit status of a section whose thing (database, volume) does not exist: not an error
 
@@ -159,8 +159,7 @@ def parse_volume(lines) -> VolumeState:
 
 def _record(marker: str, value: str) -> str:
     """Write the marker (`value` is a shell word, evaluated when the command runs)."""
-    directory = sh_join([marker.rsplit("/", 1)[0]])
-    return f"mkdir -p {directory} && printf '%s\\n' {value} > {sh_join([marker])}"
+    return atomic_record(marker, f"printf '%s\\n' {value}")
 
 
 # The roles of `pg_dumpall --globals-only` that the cluster lacks (the names it has, as quote_ident

@@ -29,7 +29,7 @@ import shlex
 from dataclasses import dataclass, field
 
 from pyinfra_backup.borg import STATE_DIR, Archive, Job, Location, RepoListing, borg_env
-from pyinfra_backup.shell import sh_join
+from pyinfra_backup.shell import atomic_record, sh_join
 
 DRILL_DIR = f"{STATE_DIR}/drill"
 MARK = "::drill::"
@@ -109,8 +109,7 @@ def drill_script(job: Job, location: Location, archive: str, files: int, max_byt
         f"export {env}",
         f"_a={shlex.quote(archive)}; _at={shlex.quote(f'{location.url}::{archive}')}",
         f"_say() {{ printf '{MARK} %s %s\\n' \"$1\" \"$2\"; }}",
-        f"_record() {{ mkdir -p {sh_join([os.path.dirname(record)])} && {{ echo \"$(date +%s) $1\"; echo \"$2\"; }} "
-        f"> {sh_join([record + '.tmp'])} && mv -f {sh_join([record + '.tmp', record])}; }}",
+        "_record() { " + atomic_record(record, 'echo "$(date +%s) $1"; echo "$2"') + "; }",
         # the reason borg gives: its last line before a traceback, else its last line (xargs' own left out)
         "_fail() { _r=$(awk '/^Traceback/ { exit } /^xargs: / { next } NF { l = $0 } END { print l }' \"$_s/err\" "
         "2>/dev/null); "

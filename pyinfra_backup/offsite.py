@@ -39,7 +39,7 @@ from collections.abc import Mapping
 
 from pyinfra_backup import rclone
 from pyinfra_backup.borg import STATE_DIR
-from pyinfra_backup.shell import Section, sectioned_script, sh_join
+from pyinfra_backup.shell import Section, atomic_record, sectioned_script, sh_join
 
 RECORDS_DIR = f"{STATE_DIR}/offsite"
 EXCLUDES = ("/lock.exclusive/**", "/lock.roster")  # borg's lock: never copied, not in the fingerprint
@@ -148,7 +148,7 @@ def copy_script(offsite: Offsite, repo: str, path: str, stamp: str) -> str:
                        "the next run copies it again"])
     absent = sh_join([f"no borg repo at {path}"])
     locked = sh_join([f"locked by a running borg ({path}/lock.exclusive): not copied, the next run tries again"])
-    record, tmp = sh_join([record_path(repo)]), sh_join([record_path(repo) + ".tmp"])
+    record = atomic_record(record_path(repo), f"printf '%s\\n%s\\n%s\\n' {offsite.identity} \"$(date +%s)\" \"$_fp\"")
     sections = {
         "lock": f'[ -n "$_fp" ] || {{ echo {absent} >&2; exit 1; }}; '
                 f"test ! -e {sh_join([path + '/lock.exclusive'])} || {{ echo {locked} >&2; exit 1; }}",
@@ -157,8 +157,7 @@ def copy_script(offsite: Offsite, repo: str, path: str, stamp: str) -> str:
         "check": rclone.command(offsite.remote, rclone.check_argv(
             path, dest, EXCLUDES, offsite.extra_args, size_only=offsite.verify == "size")),
         "record": f'[ "$({fingerprint})" = "$_fp" ] || {{ echo {changed} >&2; exit 1; }}; '
-                  f"mkdir -p {RECORDS_DIR} && printf '%s\\n%s\\n%s\\n' {offsite.identity} \"$(date +%s)\" \"$_fp\" "
-                  f"> {tmp} && mv -f {tmp} {record}",
+                  f"{record}",
     }
     return f"_fp=$({fingerprint}); " + sectioned_script(sections, stop_on_failure=True)
 

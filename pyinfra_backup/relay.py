@@ -17,7 +17,7 @@ otherwise `discard_script` removes the stage and nothing in place changed:
 from __future__ import annotations
 
 from pyinfra_backup.borg import STATE_DIR, RepoListing
-from pyinfra_backup.shell import sh_join
+from pyinfra_backup.shell import atomic_record, sh_join
 
 RELAY_DIR = f"{STATE_DIR}/relay"      # staging, on the host (same filesystem as /var/lib)
 REPLACED_DIR = f"{STATE_DIR}/replaced"  # files a relayed restore replaced, by archive
@@ -91,7 +91,7 @@ def commit_script(stage: str, sha256: str, target: str, archive: str, marker: st
         'mkdir -p "$target" && cd "$stage/root"',
         f"export target aside; find . -mindepth 1 ! -type d -exec sh -c {sh_join([_REPLACE_ASIDE])} sh {{}} +",
         'tar -c --no-recursion --verbatim-files-from -T "$stage/members" -f - | tar -x -p --numeric-owner -f - -C "$target"',
-        f'mkdir -p "$(dirname "$marker")" && echo {sh_join([archive])} > "$marker.tmp" && mv -f "$marker.tmp" "$marker"',
+        atomic_record(marker, f"echo {sh_join([archive])}"),
     ])
 
 

@@ -6,7 +6,7 @@ Run from the project root (like pyinfra: `facts.*` and the inventory's imports r
 working directory). Each host is connected over pyinfra's own connectors and read once with
 `facts.borg.BackupFreshness`; hosts are read in parallel.
 
-Table columns: host, job, last archive, age, status (fresh | due | stale | missing | error | tampered, or
+Table columns: host, job, last archive, age, status (fresh | due | stale | missing | unknown | error | tampered, or
 `unreachable` for a host that could not be read), last attempt (how long ago a run last tried the job's create,
 and `failed` when it failed; `-` when none is recorded), size (original / deduplicated size of the last
 archive, when the fact gives them). A host without jobs shows one row with job `-`. Reasons for
@@ -40,7 +40,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 
 FAILING = frozenset({"stale", "error", "tampered"})
-STATUSES = ("fresh", "due", "stale", "missing", "error", "tampered")
+STATUSES = ("fresh", "due", "stale", "missing", "unknown", "error", "tampered")  # unknown: unreadable records
 
 
 # ----------------------------------------------------------------------------- pure formatting
@@ -135,7 +135,7 @@ def render_table(report: Mapping) -> str:
     lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
              for row in (header, *rows)]
     summary = f"{len(report['hosts'])} hosts, {sum(counts.values())} jobs: " + ", ".join(
-        f"{counts[s]} {s}" for s in STATUSES if counts[s] or s != "tampered")  # tampered: named when it occurs
+        f"{counts[s]} {s}" for s in STATUSES if counts[s] or s not in ("tampered", "unknown"))  # named when they occur
     if unread:
         summary += f"; {unread} hosts not read"
     if not any(host["jobs"] for host in report["hosts"].values()):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import posixpath
 
 from pyinfra_backup.borg import STATE_DIR
-from pyinfra_backup.shell import sh_join
+from pyinfra_backup.shell import atomic_record, sh_join
 
 
 def restored_roots(target: str, paths: tuple[str, ...], job_paths: tuple[str, ...]) -> tuple[str, ...]:
@@ -38,9 +38,7 @@ def files_stamp(roots: tuple[str, ...]) -> str:
 
 def write_mark(mark: str, archive: str, roots: tuple[str, ...]) -> str:
     """A command writing the mark (archive name, then the stamp of the restored files) atomically."""
-    directory, path = sh_join([posixpath.dirname(mark)]), sh_join([mark])
-    return (f"mkdir -p {directory} && _m=$(mktemp {path}.XXXXXX) && "
-            f"{{ printf '%s\\n' {sh_join([archive])} && {files_stamp(roots)}; }} > \"$_m\" && mv -f \"$_m\" {path}")
+    return atomic_record(mark, f"printf '%s\\n' {sh_join([archive])} && {files_stamp(roots)}")
 
 
 def parse_mark(text: str | None) -> tuple[str | None, str | None]:

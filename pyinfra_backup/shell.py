@@ -55,18 +55,30 @@ class ReadFile:
         )
 
 
+@dataclass(frozen=True)
+class Inline:
+    """A section run in a subshell without a stderr capture (no temp file, no process besides its
+    own commands): its stdout is the section, its exit status the rc; its stderr is discarded."""
+
+    text: str
+
+    def script(self, name: str) -> str:
+        return (f"echo {shlex.quote(f'{MARK} {name}')}; ( {self.text} ) 2>/dev/null; _rc=$?; "
+                f"echo {shlex.quote(f'{MARK} {name} stderr')}; echo {shlex.quote(f'{MARK} {name} rc')} $_rc")
+
+
 _READ_FUNCTION = """_pbk_read() { while IFS= read -r _l || [ -n "$_l" ]; do printf '%s\\n' "$_l"; done < "$1"; }"""
 
 
-def sectioned_script(sections: Mapping[str, str | ReadFile], stop_on_failure: bool = False) -> str:
-    """One POSIX sh script running each command (or `ReadFile`) and printing it as a named section;
+def sectioned_script(sections: Mapping[str, str | ReadFile | Inline], stop_on_failure: bool = False) -> str:
+    """One POSIX sh script running each command (or `ReadFile`, `Inline`) and printing it as a named section;
     with `stop_on_failure`, the commands after a failed one do not run (and are absent from the output)."""
-    commands = {name: c for name, c in sections.items() if not isinstance(c, ReadFile)}
+    commands = {name: c for name, c in sections.items() if isinstance(c, str)}
     parts = ['_e=$(mktemp)'] if commands else []
-    if len(commands) < len(sections):
+    if any(isinstance(c, ReadFile) for c in sections.values()):
         parts.append(_READ_FUNCTION)
     for name, command in sections.items():
-        if isinstance(command, ReadFile):
+        if not isinstance(command, str):
             parts.append(command.script(name))
             continue
         label = shlex.quote(f"{MARK} {name}")
@@ -127,22 +139,36 @@ def parse_sections(lines: Iterable[str]) -> dict[str, Section]:
     return sections
 
 
-def atomic_write(path: str, content: str, mode: str = "0644", owner: str | None = None) -> str:
-    """A command that replaces `path` with `content` atomically (temp file in the same
-    directory, fsync by `sync`, rename). For public material only: the content is in argv.
+def atomic_record(path: str, producer: str, mode: str = "0644", owner: str | None = None) -> str:
+    """A command that replaces `path` with what the shell command `producer` prints, atomically: a
+    unique temp file in the same directory (`mktemp`: two writers never share one), fsync (`sync FILE`),
+    then rename. A writer killed half-way leaves the old file whole (and a stray temp file); a
+    failed `producer` leaves it as it was and fails the command. Every record or state file the
+    project writes on a host goes through here.
 
-    >>> atomic_write("/etc/motd", "hi\\n").split(" && ")[0]
-    '_t=$(mktemp /etc/motd.XXXXXX)'
+    >>> atomic_record("/var/lib/x/last", "date +%s").split(" && ")[1]
+    '_pbk_t=$(mktemp /var/lib/x/last.XXXXXX)'
     """
-    steps = [
-        f"_t=$(mktemp {shlex.quote(path)}.XXXXXX)",
-        f"printf '%s' {shlex.quote(content)} > \"$_t\"",
-        f"chmod {mode} \"$_t\"",
-    ]
-    if owner:
-        steps.append(f"chown {shlex.quote(owner)} \"$_t\"")
-    steps += [f"sync \"$_t\"", f"mv -f \"$_t\" {shlex.quote(path)}"]
-    return " && ".join(steps)
+    steps = [f"mkdir -p {shlex.quote(path.rsplit('/', 1)[0] or '/')}", f"_pbk_t=$(mktemp {shlex.quote(path)}.XXXXXX)",
+             f"{{ {producer}; }} > \"$_pbk_t\"", publish('"$_pbk_t"', path, mode, owner)]
+    return "{ _pbk_t=; " + " && ".join(steps) + "; } || { rm -f \"$_pbk_t\"; false; }"
+
+
+def publish(temp: str, path: str, mode: str = "0644", owner: str | None = None) -> str:
+    """The last steps of `atomic_record` for a temp file written otherwise (`temp`: a shell word,
+    e.g. `"$_t"`, made by `mktemp PATH.XXXXXX`): its mode (and owner), fsync, rename onto `path`."""
+    steps = [f"chmod {mode} {temp}"] + ([f"chown {shlex.quote(owner)} {temp}"] if owner else [])
+    return " && ".join([*steps, f"sync {temp}", f"mv -f {temp} {shlex.quote(path)}"])
+
+
+def atomic_write(path: str, content: str, mode: str = "0644", owner: str | None = None) -> str:
+    """A command that replaces `path` with `content` atomically (`atomic_record`). For public
+    material only: the content is in argv.
+
+    >>> "printf '%s' 'hi" in atomic_write("/etc/motd", "hi\\n")
+    True
+    """
+    return atomic_record(path, f"printf '%s' {shlex.quote(content)}", mode, owner)
 
 
 def new_secret_file(path: str, nbytes: int = 32) -> str:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pyinfra_backup.borg import STATE_DIR
 from pyinfra_backup.jsonable import JsonFact
 from pyinfra_backup.records import job_dir
-from pyinfra_backup.shell import sh_join
+from pyinfra_backup.shell import atomic_record, sh_join
 
 DEFAULT_PATHS = (
     "/etc/machine-id", "/etc/ssh/ssh_host_*", "/var/lib/nixos", "/var/lib/bluetooth",
@@ -212,11 +212,12 @@ def snapshot_command(job: str, borg_create: str, digest: str) -> str:
     """Run `borg create --json` of the state archive from `/`; only when it succeeds (exit 0: a
     warning means a file is missing from the archive) remember its digest in last-state.json."""
     d = sh_join([job_dir(job)])
-    tmp, log = f"{d}/{RECORD}.tmp", f"{d}/state-create.log"
+    tmp, log = '"$_pbk_c"', f"{d}/state-create.log"  # borg's JSON: a temp file of this run's own
+    record = atomic_record(record_path(job), f"printf '{{\"digest\": \"%s\", \"create\": ' {sh_join([digest])}; cat {tmp}; echo '}}'")
     return (
-        f"mkdir -p {d} && cd / && {{ {borg_create} > {tmp} 2> {log}; _rc=$?; }}; "
-        f"if [ $_rc -eq 0 ]; then {{ printf '{{\"digest\": \"%s\", \"create\": ' {sh_join([digest])}; cat {tmp}; "
-        f"echo '}}'; }} > {d}/{RECORD}.new && mv -f {d}/{RECORD}.new {d}/{RECORD}; rm -f {tmp}; "
+        f"mkdir -p {d} && cd / && _pbk_c=$(mktemp {sh_join([record_path(job)])}.XXXXXX) || exit 2; "
+        f"{{ {borg_create} > {tmp} 2> {log}; _rc=$?; }}; "
+        f"if [ $_rc -eq 0 ]; then {record}; rm -f {tmp}; "
         f"else tail -n 3 {log} >&2; rm -f {tmp}; exit $_rc; fi"
     )
 

@@ -12,6 +12,7 @@ from pyinfra import host, inventory
 
 from facts.borg import host_plan
 from tasks import borg, escrow, state
+from tasks import run as run_lock
 from tasks.common import contained, host_operation
 
 
@@ -20,10 +21,14 @@ def run():
     """`pin_server_keys`, then every job in turn (`init`, `create` when due, the key and passphrase
     escrow when `borgbackup.escrow` is set, `prune` + compact, `check`; the state archive after its job, `system_state`), then `outcome`. A failed step skips
     the rest of its job only; the other jobs go on, and `outcome` fails the host naming each
-    failed job and why.
+    failed job and why. A host another run holds (the run lock, tasks/run.py) is skipped.
 
     Example: `run()`, after `borg.backup_key()` and the servers' `borg.repo_server()`.
     """
+    held = run_lock.held_elsewhere(host)
+    if held:
+        yield from run_lock.skipped._inner(reason=held)
+        return
     plan = host_plan(host, inventory)
     if any(planned.server for planned in plan):
         yield from borg.pin_server_keys._inner()

@@ -22,8 +22,8 @@ from pyinfra.facts.server import Home
 
 from facts.borg import (
     BorgRepoFiles, RestoreTarget, backup_key as client_key, changed_in_run, client_at_start, client_state,
-    enrolled_clients, fleet_servers, forget, host_keys, host_plan, repo_listings, server_state, server_state_read, servers_of,
-    tampering, textfile_path,
+    enrolled_clients, fleet_servers, forget, host_keys, host_plan, repo_listings, server_state, server_state_read,
+    servers_of, tampering, textfile_path, unknown_reason,
 )
 from tasks import operator
 from tasks.common import HostError, explained, host_operation
@@ -341,7 +341,10 @@ def _not_due(planned) -> str | None:
         return None
     if not planned.job.start_at:
         return f"{job}: startAt is empty: runs only with backup_force"
-    last = client_state(host).records[job].last_archive
+    records = client_state(host).records[job]
+    if records.unreadable:
+        return None
+    last = records.last_archive
     schedule = Schedule.parse(list(planned.job.start_at))
     now = _now()
     if last and schedule.due_state(last[1], now) == "fresh":
@@ -366,6 +369,9 @@ def create(job: str):
         host.noop(reason)
         return
     state = client_state(host)
+    if state.records[job].unreadable:
+        host.log_styled(f"{host.name}: job {job}: {unknown_reason(job, state.records[job])}", fg="yellow",
+                        log_func=logger.warning)
     forget(host)
     env = borg_env(planned.job, planned.location)
     run = with_env(env, create_argv(planned.job, planned.job.base_name(state.hostname), planned.location.url, _lock_wait()))

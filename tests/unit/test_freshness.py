@@ -41,3 +41,12 @@ def test_an_archive_since_the_last_event_is_fresh_and_a_checkpoint_is_not_an_arc
     assert entry["status"] == "fresh" and entry["last_archive"] == "h-system-2026-11-27T11:00:00"
     only_checkpoint = RepoListing(exists=True, archives=listing.archives[1:])
     assert freshness(daily, state, only_checkpoint, NOW)["status"] == "missing"
+
+
+def test_a_torn_record_makes_the_job_unknown_and_due_whatever_the_repo_says():
+    state = ClientState(hostname="h", key=None, known_hosts="",
+                        records={"system": parse_records({"create": '{"archive": {}}{"arch'})})
+    torn = freshness(JOB, state, LISTING, NOW)
+    assert torn["status"] == "unknown" and torn["due"] is True
+    assert "unreadable record last-create.json in /var/lib/pyinfra-backup/jobs/system" in torn["error"]
+    assert torn["last_archive"] == "h-system-2026-11-27T01:00:00"  # the repo's own listing still shows
