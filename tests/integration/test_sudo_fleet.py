@@ -1,7 +1,7 @@
 """Every deploy over a non-root login with sudo, from a controller that is not root either.
 
 Each fleet host gets a user `ops` (the fleet's controller key in its authorized_keys, passwordless sudo in
-/etc/sudoers.d/ops); the inventory logs in as `ops` with `_sudo: True`. The controller side runs as the
+/etc/sudoers.d/ops); the inventory logs in as `ops` with `_sudo: True` (a copy without it is run with `pyinfra --sudo`). The controller side runs as the
 normal user `pbk-op` (uid 4242, known only inside a private mount namespace whose /etc/passwd and /etc/group
 list it: nothing is added to this machine), with a home of its own holding the fleet's key: no path under
 /root or /var/lib of the controller is needed. backup_server, backup (twice: the second changes nothing),
@@ -10,6 +10,7 @@ verify and recover (`--limit` one client) run that way; the results are checked 
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -37,14 +38,14 @@ printf 'ops ALL=(ALL) NOPASSWD: ALL\n' > /etc/sudoers.d/ops && chmod 0440 /etc/s
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def as_operator(home: Path, etc: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """`pyinfra -y ARGS...` run by `pbk-op` (HOME=home, cwd=home, a clean environment) in a private mount
-    namespace whose /etc/passwd and /etc/group (from `etc`) know that user."""
-    pyinfra = shlex.join([str(PROJECT / ".venv/bin/pyinfra"), "-y", *args])
+def as_operator(home: Path, etc: Path, *argv: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`argv` run by `pbk-op` (HOME=home, cwd=home, a clean environment) in a private mount namespace whose
+    /etc/passwd and /etc/group (from `etc`) know that user."""
+    command = shlex.join(argv)
     enter = (f"mount --make-rprivate / && mount --bind {etc / 'passwd'} /etc/passwd && "
              f"mount --bind {etc / 'group'} /etc/group && cd {shlex.quote(str(home))} && "
              f"exec runuser -u {OPERATOR} -- env -i HOME={shlex.quote(str(home))} PATH={PATH} LANG=C.UTF-8 "
-             f"USER={OPERATOR} LOGNAME={OPERATOR} TERM=dumb {pyinfra}")
+             f"USER={OPERATOR} LOGNAME={OPERATOR} TERM=dumb {command}")
     return subprocess.run(["unshare", "--mount", "--", "sh", "-c", enter], stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, timeout=timeout)
 
@@ -82,13 +83,19 @@ def _prepared(fleet: Fleet, home: Path, etc: Path) -> dict:
               "recover_checks": ["test -s /root/borg-pass"]}  # as root: /root is 0700
     server = {**login, "borgbackup": {"repos": {}, "operatorKeys": [(ssh / "id_ed25519.pub").read_text().strip()]}}
     fleet.write_inventory(home / "inventory.py", {**{c: client for c in CLIENTS}, SERVER: server})
+    # the same fleet for `pyinfra --sudo`: no _sudo in the data
+    flag = {name: {key: value for key, value in data.items() if key != "_sudo"}
+            for name, data in {**{c: client for c in CLIENTS}, SERVER: server}.items()}
+    fleet.write_inventory(home / "inventory-flag.py", flag)
     subprocess.run(["chown", "-R", f"{UID}:{UID}", str(home)], check=True)
     home.chmod(0o700)
     return {"fleet": fleet, "home": home, "etc": etc, "passes": passes, "runs": {}}
 
 
-def run(setup: dict, deploy: str, *args: str) -> subprocess.CompletedProcess:
-    return as_operator(setup["home"], setup["etc"], "inventory.py", str(PROJECT / deploy), *args)
+def run(setup: dict, deploy: str, *args: str, inventory: str = "inventory.py") -> subprocess.CompletedProcess:
+    """`pyinfra -y INVENTORY DEPLOY ARGS...` as the operator."""
+    return as_operator(setup["home"], setup["etc"], str(PROJECT / ".venv/bin/pyinfra"), "-y", inventory,
+                       str(PROJECT / deploy), *args)
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +104,7 @@ def backed_up(sudo_fleet):
     runs["server"] = run(sudo_fleet, "deploys/backup_server.py")
     runs["backup"] = run(sudo_fleet, "deploys/backup.py")
     runs["again"] = run(sudo_fleet, "deploys/backup.py")
+    runs["flag"] = run(sudo_fleet, "deploys/backup.py", "--sudo", inventory="inventory-flag.py")
     return sudo_fleet
 
 
@@ -114,10 +122,18 @@ def test_backup_server_and_backup_run_over_sudo_from_a_normal_user(backed_up):
         assert fleet.run(client, "stat -c %U /root/.ssh").stdout.strip() == "root"
 
 
-def test_a_second_backup_over_sudo_changes_nothing(backed_up):
-    again = backed_up["runs"]["again"]
-    assert again.returncode == 0, again.stdout[-6000:]
-    assert "] Success" not in again.stdout, again.stdout[-6000:]
+def test_a_second_backup_over_sudo_changes_nothing_and_so_does_one_with_the_sudo_flag(backed_up):
+    for again in (backed_up["runs"]["again"], backed_up["runs"]["flag"]):
+        assert again.returncode == 0, again.stdout[-6000:]
+        assert "] Success" not in again.stdout and "No changes" in again.stdout, again.stdout[-6000:]
+
+
+def test_the_fleet_report_reads_over_sudo(backed_up):
+    report = as_operator(backed_up["home"], backed_up["etc"], str(PROJECT / ".venv/bin/python"), "-m",
+                         "pyinfra_backup.report", "inventory.py", "--json")
+    assert report.returncode == 0, report.stdout[-6000:]
+    hosts = json.loads(report.stdout)["hosts"]
+    assert [hosts[client]["jobs"]["system"]["status"] for client in CLIENTS] == ["fresh"] * len(CLIENTS), hosts
 
 
 def test_the_operator_state_lives_in_the_normal_users_home(backed_up):
@@ -140,13 +156,13 @@ def test_verify_over_sudo(backed_up):
     assert checks and checks[0].split()[3:] == ["2", "2", "-", "-"], verify.stdout[-6000:]  # both checked, no error
 
 
-def test_recover_over_sudo_brings_back_a_clients_data_and_identity(backed_up):
+def test_recover_with_the_sudo_flag_brings_back_a_clients_data_and_identity(backed_up):
     fleet, client = backed_up["fleet"], CLIENTS[0]
     data, machine_id = tree(fleet, client, "/srv/data"), fleet.run(client, "cat /etc/machine-id").stdout
     fleet.run(client, "rm -rf /srv/data && echo 0123456789abcdef0123456789abcdef > /etc/machine-id")
-    first = run(backed_up, "deploys/recover.py", "--limit", client)
+    first = run(backed_up, "deploys/recover.py", "--limit", client, "--sudo", inventory="inventory-flag.py")
     assert first.returncode == 0, first.stdout[-6000:]
     assert tree(fleet, client, "/srv/data") == data
     assert fleet.run(client, "cat /etc/machine-id").stdout == machine_id
-    again = run(backed_up, "deploys/recover.py", "--limit", client)
+    again = run(backed_up, "deploys/recover.py", "--limit", client, "--sudo", inventory="inventory-flag.py")
     assert again.returncode == 0 and "] Success" not in again.stdout, again.stdout[-6000:]
