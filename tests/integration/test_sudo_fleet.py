@@ -101,11 +101,27 @@ def run(setup: dict, deploy: str, *args: str, inventory: str = "inventory.py") -
 @pytest.fixture(scope="module")
 def backed_up(sudo_fleet):
     runs = sudo_fleet["runs"]
+    listing = {name: f"find /var/lib/borgbackup /var/lib/pyinfra-backup 2>/dev/null | sort" for name in CLIENTS + [SERVER]}
+    before = {name: sudo_fleet["fleet"].run(name, command, check=False).stdout for name, command in listing.items()}
+    runs["no sudo"] = run(sudo_fleet, "deploys/backup.py", inventory="inventory-flag.py")  # forgot --sudo
+    sudo_fleet["untouched"] = {name: (before[name], sudo_fleet["fleet"].run(name, command, check=False).stdout)
+                               for name, command in listing.items()}
     runs["server"] = run(sudo_fleet, "deploys/backup_server.py")
     runs["backup"] = run(sudo_fleet, "deploys/backup.py")
     runs["again"] = run(sudo_fleet, "deploys/backup.py")
     runs["flag"] = run(sudo_fleet, "deploys/backup.py", "--sudo", inventory="inventory-flag.py")
     return sudo_fleet
+
+
+def test_a_login_without_sudo_stops_the_run_before_any_host_changes(backed_up):
+    refused = backed_up["runs"]["no sudo"]
+    assert refused.returncode == 1, refused.stdout[-6000:]
+    for name in CLIENTS + [SERVER]:
+        assert (f'{name}: pyinfra logs in as ops without sudo: borg, its keys and this project\'s records on the host '
+                f'are root\'s; give the host "_sudo": True in its data') in refused.stdout, refused.stdout[-6000:]
+        before, after = backed_up["untouched"][name]
+        assert before == after, (name, before, after)
+    assert "Starting operation" not in refused.stdout, refused.stdout[-6000:]
 
 
 def test_backup_server_and_backup_run_over_sudo_from_a_normal_user(backed_up):
@@ -120,6 +136,8 @@ def test_backup_server_and_backup_run_over_sudo_from_a_normal_user(backed_up):
         records = fleet.run(client, "stat -c '%U %a %n' /var/lib/pyinfra-backup /var/lib/pyinfra-backup/jobs/system/*")
         assert all(line.startswith("root ") for line in records.stdout.splitlines()), records.stdout
         assert fleet.run(client, "stat -c %U /root/.ssh").stdout.strip() == "root"
+        assert "/var/lib/pyinfra-backup/ssh/id_ed25519" not in backed_up["untouched"][client][0]  # made by this run
+        assert fleet.run(client, "stat -c '%U %a' /var/lib/pyinfra-backup/ssh/id_ed25519").stdout == "root 600\n"
 
 
 def test_a_second_backup_over_sudo_changes_nothing_and_so_does_one_with_the_sudo_flag(backed_up):
