@@ -1,11 +1,12 @@
 """Every deploy over a non-root login with sudo, from a controller that is not root either.
 
 Each fleet host gets a user `ops` (the fleet's controller key in its authorized_keys, passwordless sudo in
-/etc/sudoers.d/ops); the inventory logs in as `ops` with `_sudo: True` (a copy without it is run with `pyinfra --sudo`). The controller side runs as the
-normal user `pbk-op` (uid 4242, known only inside a private mount namespace whose /etc/passwd and /etc/group
-list it: nothing is added to this machine), with a home of its own holding the fleet's key: no path under
-/root or /var/lib of the controller is needed. backup_server, backup (twice: the second changes nothing),
-verify and recover (`--limit` one client) run that way; the results are checked on the hosts.
+/etc/sudoers.d/ops); the inventory logs in as `ops` with `_sudo: True` (a copy without it is run with
+`pyinfra --sudo`). The controller side runs as the normal user `pbk-op` (uid 4242, known only inside a private
+mount namespace whose /etc/passwd and /etc/group list it: nothing is added to this machine), with a home of its
+own holding the fleet's key: no path under /root or /var/lib of the controller is needed. backup_server, backup
+(twice: the second changes nothing; then with `--sudo`), verify, the fleet report and recover (`--limit` one
+client) run that way; the results are checked on the hosts. A run that forgets sudo changes nothing.
 """
 
 from __future__ import annotations
@@ -77,9 +78,11 @@ def _prepared(fleet: Fleet, home: Path, etc: Path) -> dict:
     for client in CLIENTS:
         passes[client] = f"pp-sudo-{client}-" + os.urandom(8).hex()
         fleet.run(client, f"PASS={shlex.quote(passes[client])}\n{DATA_SETUP}")
+    # the fleet's ssh_config lives in root's state dir: the operator has its own files
     login = {"ssh_user": "ops", "_sudo": True, "ssh_key": str(ssh / "fleet"),
              "ssh_known_hosts_file": str(ssh / "known_hosts"), "ssh_config_file": "/dev/null"}
-    client = {**login, "borgbackup": {"jobs": {"system": borg_job(prune={"keep": {"daily": 7}})}}, "system_state": {"job": "system"},
+    job = borg_job(prune={"keep": {"daily": 7}})  # prune: the operator's borg, the passCommand run over sudo
+    client = {**login, "borgbackup": {"jobs": {"system": job}}, "system_state": {"job": "system"},
               "recover_checks": ["test -s /root/borg-pass"]}  # as root: /root is 0700
     server = {**login, "borgbackup": {"repos": {}, "operatorKeys": [(ssh / "id_ed25519.pub").read_text().strip()]}}
     fleet.write_inventory(home / "inventory.py", {**{c: client for c in CLIENTS}, SERVER: server})
@@ -101,7 +104,7 @@ def run(setup: dict, deploy: str, *args: str, inventory: str = "inventory.py") -
 @pytest.fixture(scope="module")
 def backed_up(sudo_fleet):
     runs = sudo_fleet["runs"]
-    listing = {name: f"find /var/lib/borgbackup /var/lib/pyinfra-backup 2>/dev/null | sort" for name in CLIENTS + [SERVER]}
+    listing = dict.fromkeys(CLIENTS + [SERVER], "find /var/lib/borgbackup /var/lib/pyinfra-backup 2>/dev/null | sort")
     before = {name: sudo_fleet["fleet"].run(name, command, check=False).stdout for name, command in listing.items()}
     runs["no sudo"] = run(sudo_fleet, "deploys/backup.py", inventory="inventory-flag.py")  # forgot --sudo
     sudo_fleet["untouched"] = {name: (before[name], sudo_fleet["fleet"].run(name, command, check=False).stdout)
@@ -136,6 +139,9 @@ def test_backup_server_and_backup_run_over_sudo_from_a_normal_user(backed_up):
         records = fleet.run(client, "stat -c '%U %a %n' /var/lib/pyinfra-backup /var/lib/pyinfra-backup/jobs/system/*")
         assert all(line.startswith("root ") for line in records.stdout.splitlines()), records.stdout
         assert fleet.run(client, "stat -c %U /root/.ssh").stdout.strip() == "root"
+    for name in CLIENTS + [SERVER]:  # root's authorized_keys holds the same key: the logins were ops' all the same
+        logins = fleet.run(name, "grep -o 'Accepted publickey for [a-z]*' /var/log/sshd.log | sort | uniq -c").stdout
+        assert "for ops" in logins and "for root" not in logins, (name, logins)
         assert "/var/lib/pyinfra-backup/ssh/id_ed25519" not in backed_up["untouched"][client][0]  # made by this run
         assert fleet.run(client, "stat -c '%U %a' /var/lib/pyinfra-backup/ssh/id_ed25519").stdout == "root 600\n"
 
@@ -168,7 +174,8 @@ def test_verify_over_sudo(backed_up):
     verify = run(backed_up, "deploys/verify.py", "--data", "backup_force_check=true")
     assert verify.returncode == 0, verify.stdout[-6000:]
     for client in CLIENTS:
-        for drill in (f"job system: drill of {client}-system-", f"job system state archive: drill of {client}-system-state-"):
+        for drill in (f"job system: drill of {client}-system-",
+                      f"job system state archive: drill of {client}-system-state-"):
             assert f"[{client}] {drill}" in verify.stdout, verify.stdout[-6000:]
     checks = [line for line in verify.stdout.splitlines() if line.strip().startswith("borg check system")]
     assert checks and checks[0].split()[3:] == ["2", "2", "-", "-"], verify.stdout[-6000:]  # both checked, no error
