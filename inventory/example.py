@@ -26,6 +26,7 @@ docs/first-fleet.md walks through a whole first fleet.
 """
 
 # How pyinfra logs in: as root, with the operator's key, trusting only the pinned host keys.
+# (Or as a user with passwordless sudo: "ssh_user": "ops", "_sudo": True.)
 _PINNED = {
     "ssh_user": "root",
     "ssh_key": "~/.ssh/id_ed25519",

@@ -29,6 +29,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import pwd
 import re
 import reprlib
 import struct
@@ -482,6 +483,34 @@ def untrusted_repo_servers(inventory) -> list[str]:
     return out
 
 
+def unprivileged_logins(state) -> list[str]:
+    """A problem for every reached host with `borgbackup` data that pyinfra logs into as a user other than
+    root without sudo, su, doas or dzdo for this run: borg, its keys and the project's records there are
+    root's. Read from the open connection (no remote command); unreached hosts and other connectors pass."""
+    from pyinfra.api.arguments import pop_global_arguments
+    from pyinfra.connectors.local import LocalConnector
+    from pyinfra.connectors.ssh import SSHConnector
+
+    out = []
+    for host in state.inventory:
+        connector = getattr(host, "connector", None) if getattr(host, "connected", False) else None
+        if connector is None or not isinstance(host.data.get("borgbackup"), Mapping):
+            continue
+        if isinstance(connector, SSHConnector) and connector.client is not None:
+            login = connector.client.get_transport().get_username()
+        elif isinstance(connector, LocalConnector):
+            login = pwd.getpwuid(os.geteuid()).pw_name
+        else:
+            continue
+        arguments, _ = pop_global_arguments(state, host, {})
+        if login == "root" or any(arguments.get(key) for key in ("_sudo", "_su_user", "_doas", "_dzdo")):
+            continue
+        out.append(f"{host.name}: pyinfra logs in as {login} without sudo: borg, its keys and this project's "
+                   f"records on the host are root's; give the host \"_sudo\": True in its data (with passwordless "
+                   f"sudo for {login} there) or run pyinfra with --sudo")
+    return out
+
+
 def missing_operator_identities(inventory) -> list[str]:
     """A problem for every job whose prune runs on this machine (a `prune.keep` job on a repo server of the
     inventory) with a `borgbackup.operatorIdentity` this machine cannot read: said before any host changes,
@@ -584,7 +613,8 @@ def require_valid_inventory(state=None) -> None:
             errors = inventory_errors(state.inventory)
             if not errors:
                 _remember_valid(digest)
-        errors = errors + untrusted_repo_servers(state.inventory) + missing_operator_identities(state.inventory)
+        errors = (errors + untrusted_repo_servers(state.inventory) + missing_operator_identities(state.inventory)
+                  + unprivileged_logins(state))
         setattr(state, _MEMO, errors)
         if under_cli:
             _name_unreached_hosts_at_exit(state)

@@ -11,6 +11,7 @@ APT_PACKAGES=(
     prometheus-node-exporter                   # metrics scraping in the fleet tests
     prometheus                                 # promtool: docs/monitoring alert rules checked and unit-tested
     git iproute2 util-linux procps psmisc      # the namespace test fleet
+    sudo                                       # logins as a normal user with sudo in the fleet tests
     python3 python3-venv systemd              # systemd-analyze: calendar specs checked against systemd
 )
 UV_VERSION=0.13.9

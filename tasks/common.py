@@ -20,9 +20,10 @@ from collections.abc import Callable, Iterable
 from paramiko import SSHException
 from pyinfra import logger
 from pyinfra.api import FunctionCommand, StringCommand, operation
-from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
+from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS, pop_global_arguments
 from pyinfra.api.command import PyinfraCommand
 from pyinfra.api.util import log_host_command_error, print_host_combined_output
+from pyinfra.connectors.util import make_unix_command_for_host
 
 
 class HostError(Exception):
@@ -92,14 +93,41 @@ def contained(commands: Iterable, on_failure: Callable[[], None]):
         yield Contained(StringCommand(command) if isinstance(command, str) else command, on_failure)
 
 
+def login_arguments(host) -> dict:
+    """The connector arguments (`_sudo`, `_sudo_user`, `_su_user`, `_env`, ...) that pyinfra gives the commands
+    an operation yields on `host`: the executing operation's (execute time), the operation being collected, or,
+    outside any operation, the host data's and the run's (`--sudo`), as pyinfra's facts get them."""
+    if host.executing_op_hash:
+        arguments = host.state.get_op_data_for_host(host, host.executing_op_hash).global_arguments
+    elif host.current_op_global_arguments:
+        arguments = host.current_op_global_arguments
+    else:
+        arguments, _ = pop_global_arguments(host.state, host, {})
+    return {key: arguments[key] for key in CONNECTOR_ARGUMENT_KEYS if key in arguments}
+
+
+def run_as_login(host, command: str, print_output: bool = False, print_input: bool = False):
+    """`host.run_shell_command(command)` with `login_arguments`: every command our Python callbacks run on a host
+    themselves goes through here, so that a login as a normal user with `--sudo` / `_sudo` reaches root's files
+    as the yielded commands do. -> (ok, CommandOutput)."""
+    return host.run_shell_command(StringCommand(command), print_output=print_output, print_input=print_input,
+                                  **login_arguments(host))
+
+
+def login_command_line(host, command: str) -> str:
+    """`command` as the host's login runs it with `login_arguments` (e.g. `sudo -H -n sh -c '...'`), for a
+    channel of our own (a stream piped into the host)."""
+    arguments = {key: value for key, value in login_arguments(host).items() if key not in _CHANNEL_ONLY}
+    return make_unix_command_for_host(host.state, host, StringCommand(command), **arguments).get_raw_value()
+
+
+_CHANNEL_ONLY = ("_success_exit_codes", "_timeout", "_get_pty", "_stdin")  # the connector's, not the command line's
+
+
 def run_in_operation(state, host, command: str):
-    """Run `command` from a FunctionCommand of the executing operation with that operation's
-    connector arguments (`_sudo`, `_su_user`, `_env`, ... or `--sudo`), which pyinfra applies to
-    yielded commands but not to a function's own `host.run_shell_command`. -> (ok, CommandOutput)."""
-    arguments = state.get_op_data_for_host(host, host.executing_op_hash).global_arguments
-    connector_arguments = {key: arguments[key] for key in CONNECTOR_ARGUMENT_KEYS if key in arguments}
-    return host.run_shell_command(StringCommand(command), print_output=state.print_output,
-                                  print_input=state.print_input, **connector_arguments)
+    """`run_as_login` from a FunctionCommand of the executing operation, its output shown as pyinfra shows a
+    yielded command's. -> (ok, CommandOutput)."""
+    return run_as_login(host, command, print_output=state.print_output, print_input=state.print_input)
 
 
 def explained(command: str, prefix: str | tuple[str, ...]) -> FunctionCommand:

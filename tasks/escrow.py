@@ -13,7 +13,7 @@ Whether the escrow is current is decided from the key digest the host's one fact
 from __future__ import annotations
 
 from pyinfra import host, logger
-from pyinfra.api import FunctionCommand, StringCommand
+from pyinfra.api import FunctionCommand
 
 from facts.borg import client_at_start, client_state, forget, server_key_digests
 from pyinfra_backup import escrow_store
@@ -23,14 +23,14 @@ from pyinfra_backup.escrow import EscrowError, digest_sources, export_sections, 
 from pyinfra_backup.shell import parse_sections, sectioned_script, with_env
 from tasks import operator
 from tasks.borg import _job, _created
-from tasks.common import HostError, host_operation
+from tasks.common import HostError, host_operation, run_as_login
 
 
 def _escrow(state, host, planned, recipients) -> bool:  # noqa: F811 (pyinfra passes `host`)
     """Read the key export and passphrase on the host (never printed), encrypt and store them here."""
     job = planned.job
     script = sectioned_script(export_sections(job, planned.location.url, borg_env(job, planned.location)))
-    ok, output = host.run_shell_command(StringCommand(script), print_output=False, print_input=False)
+    ok, output = run_as_login(host, script)
     sections = parse_sections(output.stdout_lines) if ok else {}
     key, secret = sections.get("key"), sections.get("pass")
     if key is None or not key.ok or (secret is not None and not secret.ok):

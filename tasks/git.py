@@ -12,14 +12,14 @@ ahead/behind) and left as it is, the other remotes and refs are still pushed, an
 from __future__ import annotations
 
 from pyinfra import host, logger
-from pyinfra.api import FunctionCommand, StringCommand
+from pyinfra.api import FunctionCommand
 
 from facts.git import GitTag, forget, host_config, repo_state
 from pyinfra_backup.git import (
     PUSHED, ConfigRepo, RefSync, RemoteState, RepoState, fetch_count_command, parse_counts, problems,
     push_command, remote_commands, sync_plan, tag_command, unsafe_ssh_command, with_counts,
 )
-from tasks.common import HostError, host_operation
+from tasks.common import HostError, host_operation, run_in_operation
 
 
 def _config() -> ConfigRepo:
@@ -64,8 +64,7 @@ def remotes():
 def _attempt(state, host, command: str, what: str, failures: list[str]) -> bool:
     """Run one command; a failure is recorded (and reported when the operation ends), not fatal, so the
     commands after it still run."""
-    ok, output = host.run_shell_command(StringCommand(command), print_output=state.print_output,
-                                        print_input=state.print_input)
+    ok, output = run_in_operation(state, host, command)
     if not ok:
         lines = [line.strip() for line in output.stderr_lines if line.strip()]
         failures.append(f"{what}: failed: {'; '.join(lines[-3:]) or 'no output'}")
@@ -76,8 +75,7 @@ def _attempt(state, host, command: str, what: str, failures: list[str]) -> bool:
 
 def _fetch_and_count(state, host, command: str, sync: RefSync, found: list[str]) -> bool:
     """A branch whose remote commit is unknown here: fetch it (remote-tracking ref only), count, report."""
-    ok, output = host.run_shell_command(StringCommand(command), print_output=state.print_output,
-                                        print_input=state.print_input)
+    ok, output = run_in_operation(state, host, command)
     counts = parse_counts(output.stdout_lines) if ok else None
     if counts is None:
         lines = [line.strip() for line in output.stderr_lines if line.strip()]

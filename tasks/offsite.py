@@ -11,14 +11,14 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from pyinfra import host, inventory, logger
-from pyinfra.api import FunctionCommand, StringCommand
+from pyinfra.api import FunctionCommand
 
 from facts.borg import fleet_servers, host_plan, servers_of
 from facts.offsite import OffsiteRepos
 from pyinfra_backup.enrollment import server_repos
 from pyinfra_backup.offsite import Offsite, copy_result, copy_script
 from pyinfra_backup.shell import parse_sections
-from tasks.common import HostError, host_operation
+from tasks.common import HostError, host_operation, run_as_login
 
 
 def configured(target) -> bool:
@@ -44,7 +44,7 @@ def _copy(state, host, offsite: Offsite, repos: dict[str, str], stamp: str) -> b
         if unreachable:
             failures.append(f"{where}: not tried, the remote cannot be reached or logged into")
             continue
-        _, output = host.run_shell_command(StringCommand(copy_script(offsite, name, path, stamp)), print_output=False)
+        _, output = run_as_login(host, copy_script(offsite, name, path, stamp))
         result = copy_result(parse_sections(output.stdout_lines), offsite.verify)
         if result.failed_step is None:
             host.log_styled(f"offsite: {where}: {result.summary()}", log_func=logger.info)

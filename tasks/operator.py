@@ -23,12 +23,12 @@ from dataclasses import dataclass, replace
 
 import gevent.event
 from pyinfra import inventory
-from pyinfra.api import StringCommand
 
 from pyinfra_backup.borg import Location, RepoListing, borg_env, list_argv, operator_env, parse_list, probe_argv
 from pyinfra_backup import escrow_store
 from pyinfra_backup.enrollment import PlannedJob, alive_interval, operator_identity, operator_location
 from pyinfra_backup.escrow import EscrowError, is_keyfile
+from tasks.common import login_command_line, run_as_login
 
 
 class OperatorError(Exception):
@@ -69,7 +69,7 @@ def passphrase(host, planned: PlannedJob) -> bytes:
     escrowed = _escrowed(host, job.name, "pass.age")
     if escrowed is not None:
         return escrowed
-    ok, output = host.run_shell_command(StringCommand(job.pass_command), print_output=False)
+    ok, output = run_as_login(host, job.pass_command)
     if not ok:
         raise OperatorError(f"job {job.name}: the passCommand failed on the host "
                             "(a host being rebuilt needs recover_passCommand)")
@@ -272,7 +272,7 @@ def send_to_host(host, data: bytes, script: str) -> Piped:
     SSH connection: never in argv, a file or pyinfra's output."""
     started = time.monotonic()
     channel = host.connector.client.get_transport().open_session()
-    channel.exec_command(script)
+    channel.exec_command(login_command_line(host, script))  # with the run's sudo, as yielded commands
     channel.sendall(data)
     channel.shutdown_write()
     output = channel.makefile("rb").read().decode(errors="replace")
@@ -286,7 +286,7 @@ def pipe_to_host(host, proc: subprocess.Popen, script: str, chunk: int = 1 << 20
     when the connection breaks; the caller checks `proc`'s exit status and `Piped.status`."""
     started = time.monotonic()
     channel = host.connector.client.get_transport().open_session()
-    channel.exec_command(script)
+    channel.exec_command(login_command_line(host, script))  # with the run's sudo, as yielded commands
     sent, digest = 0, hashlib.sha256()
     try:
         while data := proc.stdout.read(chunk):

@@ -15,7 +15,7 @@ import tempfile
 import time
 
 from pyinfra import host, inventory, logger
-from pyinfra.api import FunctionCommand, StringCommand
+from pyinfra.api import FunctionCommand
 
 from facts.borg import host_plan
 from facts.git import host_config
@@ -27,7 +27,7 @@ from pyinfra_backup.dumps import DataSpec
 from pyinfra_backup.recovery import Step, Summary, bundle_argv, checkout_script, resolve_argv
 from pyinfra_backup.state import parse_archive_output
 from tasks import data, escrow, nixos, operator, relay
-from tasks.common import HostError, host_operation
+from tasks.common import HostError, host_operation, run_as_login
 
 
 def _summary() -> Summary:
@@ -208,7 +208,7 @@ def verify():
         source.append(f"{len(archived) - len(differ)}/{len(archived)} identity files = {name}")
     checks = host.data.get("recover_checks") or []
     for check in checks:
-        ok, _ = host.run_shell_command(StringCommand(check), print_output=False)
+        ok, _ = run_as_login(host, check)
         if not ok:
             problems.append(f"recover_checks: `{check}` failed")
     if checks:

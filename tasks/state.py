@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pyinfra import host, logger
-from pyinfra.api import FunctionCommand, StringCommand
+from pyinfra.api import FunctionCommand
 from pyinfra.facts.server import Hostname
 
 from facts.state import StateArchive, StateDigest
@@ -30,7 +30,7 @@ from pyinfra_backup.state import (
     snapshot_command, state_base, tar_command,
 )
 from tasks.borg import _job, _lock_wait, _planned, step_failed
-from tasks.common import HostError, host_operation
+from tasks.common import HostError, host_operation, run_as_login
 
 
 def state_job(of_host) -> str | None:
@@ -78,7 +78,7 @@ def _skipped(live: LiveState) -> str:
 
 def _run(state, host, command: str, what: str, done: str) -> bool:  # noqa: F811 (pyinfra passes `host`)
     """Run a command; on failure log why (borg's last line, explained) and tell `outcome`."""
-    ok, output = host.run_shell_command(StringCommand(command), print_output=False)
+    ok, output = run_as_login(host, command)
     if ok:
         host.log_styled(done, log_func=logger.info)
         return True
@@ -146,7 +146,7 @@ def _write_copy(state, host, roots, recipients, directory: Path, base: str, key:
     from pyinfra_backup.age import Recipient  # lazy: only hosts with ageRecipients need age
     from pyinfra_backup.agenix import atomic_write_bytes, encrypt_to
 
-    ok, output = host.run_shell_command(StringCommand(tar_command(roots)), print_output=False)
+    ok, output = run_as_login(host, tar_command(roots))
     try:
         tarball = base64.b64decode("".join(output.stdout_lines), validate=True) if ok else b""
     except binascii.Error:
