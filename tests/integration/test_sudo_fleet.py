@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import pyrage
 import pytest
 
 from tests.fleet import Fleet
@@ -82,7 +83,9 @@ def _prepared(fleet: Fleet, home: Path, etc: Path) -> dict:
     login = {"ssh_user": "ops", "_sudo": True, "ssh_key": str(ssh / "fleet"),
              "ssh_known_hosts_file": str(ssh / "known_hosts"), "ssh_config_file": "/dev/null"}
     job = borg_job(prune={"keep": {"daily": 7}})  # prune: the operator's borg, the passCommand run over sudo
-    client = {**login, "borgbackup": {"jobs": {"system": job}}, "system_state": {"job": "system"},
+    identity = pyrage.x25519.Identity.generate()  # the escrow: the key export and passCommand read over sudo
+    client = {**login, "borgbackup": {"jobs": {"system": job}, "escrow": {"recipients": [str(identity.to_public())]}},
+              "system_state": {"job": "system"},
               "recover_checks": ["test -s /root/borg-pass"]}  # as root: /root is 0700
     server = {**login, "borgbackup": {"repos": {}, "operatorKeys": [(ssh / "id_ed25519.pub").read_text().strip()]}}
     fleet.write_inventory(home / "inventory.py", {**{c: client for c in CLIENTS}, SERVER: server})
@@ -92,7 +95,7 @@ def _prepared(fleet: Fleet, home: Path, etc: Path) -> dict:
     fleet.write_inventory(home / "inventory-flag.py", flag)
     subprocess.run(["chown", "-R", f"{UID}:{UID}", str(home)], check=True)
     home.chmod(0o700)
-    return {"fleet": fleet, "home": home, "etc": etc, "passes": passes, "runs": {}}
+    return {"fleet": fleet, "home": home, "etc": etc, "passes": passes, "runs": {}, "escrow_identity": identity}
 
 
 def run(setup: dict, deploy: str, *args: str, inventory: str = "inventory.py") -> subprocess.CompletedProcess:
@@ -191,3 +194,16 @@ def test_recover_with_the_sudo_flag_brings_back_a_clients_data_and_identity(back
     assert fleet.run(client, "cat /etc/machine-id").stdout == machine_id
     again = run(backed_up, "deploys/recover.py", "--limit", client, "--sudo", inventory="inventory-flag.py")
     assert again.returncode == 0 and "] Success" not in again.stdout, again.stdout[-6000:]
+
+
+def test_the_escrow_reads_each_key_and_passphrase_over_sudo(backed_up):
+    """The key export and the passCommand are read by our own command on the host, as root through sudo;
+    what reaches the operator's home decrypts to the host's key and passphrase."""
+    escrow = backed_up["home"] / ".local/state/pyinfra-backup/escrow"
+    identity = backed_up["escrow_identity"]
+    for client in CLIENTS:
+        secret = pyrage.decrypt((escrow / client / "system.pass.age").read_bytes(), [identity])
+        assert secret == backed_up["passes"][client].encode(), client
+        export = pyrage.decrypt((escrow / client / "system.key.age").read_bytes(), [identity]).decode()
+        assert export.startswith("BORG_KEY "), export[:20]
+        assert (escrow / client / "system.key.age").stat().st_uid == UID
