@@ -8,8 +8,8 @@ Everything here is pure: `digest_script` is run by facts/state.py, the commands 
 >>> settings = StateSettings.from_data({"system_state": {}, "borgbackup": {"jobs": {"system": {}}}})
 >>> settings.job, settings.paths[0]
 ('system', '/etc/machine-id')
->>> glob_word("/etc/ssh/ssh_host_*")
-"/etc/ssh/ssh_host_'*'"
+>>> glob_word("/etc/ssh/ssh_host_*"), glob_word("/srv/my dir/*.conf")
+('/etc/ssh/ssh_host_*', "'/srv/my dir/'*.conf")
 """
 
 from __future__ import annotations

@@ -436,7 +436,7 @@ def host_key_checking_problem(name: str, data: Mapping) -> str | None:
     """Why the operator's SSH connection to repo server `name` does not refuse an unknown or changed
     host key, or None when its `ssh_strict_host_key_checking` is "yes" (pyinfra's strict policy).
 
-    >>> host_key_checking_problem("backup", {"borgbackup": {"repos": {}}}).split(", got ")[1][:38]
+    >>> host_key_checking_problem("backup", {"borgbackup": {"repos": {}}}).split(", got ")[1][:37]
     "unset (pyinfra's default: accept-new,"
     """
     if not _is_repo_server(data) or data.get("ssh_strict_host_key_checking") == "yes":
